@@ -1,0 +1,26 @@
+# Set-up and entry points. `make run` and `make test` each install what they need first.
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run test test-all setup bench
+
+run: $(STAMP)  ## the main job on params.yaml (offline default: the music21 Bach chorales)
+	dvc repro
+
+test: $(STAMP)  ## the default test run (slow tests excluded)
+	pytest -m "not slow"
+
+test-all: $(STAMP)  ## every test, the full-corpus checks included
+	pytest
+
+setup: $(STAMP)
+
+# Byte-compiled at install time: with PYTHONDONTWRITEBYTECODE set, every run would
+# otherwise recompile matplotlib and friends (seconds of start-up per command).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e ".[dev]"
+	touch $(STAMP)

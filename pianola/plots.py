@@ -1,0 +1,66 @@
+"""PNG plots: the paper's corpus figures and, later, training curves and piano rolls.
+
+matplotlib is imported here only, on first use, so commands that draw nothing start fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from pianola.io import atomic_path
+from pianola.midi import load_score
+
+PITCH_CLASS_NAMES = ["C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure as PNG atomically, then close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def corpus_plots(out_dir: Path, counts: Counter, pitch_histogram: np.ndarray, example: Path) -> None:
+    """token_frequency.png, pitch_class_frequency.png and pitch_offset.png (one piece), as in the paper."""
+    plt = _pyplot()
+
+    top = counts.most_common(40)
+    fig, ax = plt.subplots(figsize=(12, 4))
+    ax.bar(range(len(top)), [c for _, c in top])
+    ax.set_xticks(range(len(top)), [t for t, _ in top], rotation=90, fontsize=7)
+    ax.set_title(f"Token frequency (40 most frequent of {len(counts)})")
+    ax.set_ylabel("count")
+    save_figure(fig, out_dir / "token_frequency.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(PITCH_CLASS_NAMES, [int(pitch_histogram[pc::12].sum()) for pc in range(12)])
+    ax.set_title("Pitch-class frequency")
+    ax.set_ylabel("notes")
+    save_figure(fig, out_dir / "pitch_class_frequency.png")
+
+    score = load_score(example)
+    fig, ax = plt.subplots(figsize=(12, 4))
+    for track in score.tracks:
+        if track.is_drum or not len(track.notes):
+            continue
+        notes = track.notes.numpy()
+        ax.scatter(notes["time"] / score.ticks_per_quarter, notes["pitch"], s=2, label=track.name or None)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(markerscale=4, fontsize=8)
+    ax.set_title(f"Pitch against offset: {example.name}")
+    ax.set_xlabel("offset (quarters)")
+    ax.set_ylabel("MIDI pitch")
+    save_figure(fig, out_dir / "pitch_offset.png")

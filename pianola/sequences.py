@@ -1,0 +1,111 @@
+"""The sequences stage: token pieces -> integer ids, windows, and a split by piece.
+
+A validation piece is never seen in training: the split draws whole pieces, and the
+vocabulary is built from the training pieces alone (unseen tokens map to `<unk>`).
+Arrays hold each piece's ids end to end; a window is a view into them, not a copy.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pianola.corpus import Piece, read_pieces
+from pianola.errors import PianolaError
+from pianola.io import atomic_path, atomic_write_json
+from pianola.vocab import Vocabulary
+
+SPLITS = ("train", "valid")
+
+
+def split_pieces(names: list[str], valid_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, valid) piece names: a seeded shuffle of whole pieces, at least one in each when possible."""
+    if not 0.0 <= valid_fraction < 1.0:
+        raise PianolaError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    ordered = sorted(names)
+    random.Random(seed).shuffle(ordered)
+    n_valid = round(len(ordered) * valid_fraction)
+    if valid_fraction > 0 and len(ordered) >= 2:
+        n_valid = min(max(n_valid, 1), len(ordered) - 1)
+    return sorted(ordered[n_valid:]), sorted(ordered[:n_valid])
+
+
+@dataclass
+class EncodedSplit:
+    """The ids of some pieces laid end to end; piece i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: np.ndarray  # (total,) int32
+    offsets: np.ndarray  # (pieces + 1,) int64
+    pieces: list[str]
+
+    @classmethod
+    def encode(cls, pieces: list[Piece], vocab: Vocabulary) -> EncodedSplit:
+        arrays = [vocab.encode(p.tokens) for p in pieces]
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([len(a) for a in arrays], out=offsets[1:])
+        ids = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
+        return cls(ids.astype(np.int32), offsets, [p.name for p in pieces])
+
+    def window_starts(self, window: int) -> np.ndarray:
+        """Start index of every window of `window` inputs + 1 target lying inside one piece."""
+        starts = [
+            np.arange(begin, end - window, dtype=np.int64)
+            for begin, end in zip(self.offsets[:-1], self.offsets[1:])
+            if end - begin > window
+        ]
+        return np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+
+    def windows(self, starts: np.ndarray, window: int) -> np.ndarray:
+        """(len(starts), window + 1) int32: the inputs of each window and the token after it."""
+        return self.ids[starts[:, None] + np.arange(window + 1)]
+
+    def piece_ids(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, ids=self.ids, offsets=self.offsets, pieces=np.array(self.pieces, dtype=str))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EncodedSplit:
+        try:
+            with np.load(path) as data:
+                return cls(data["ids"], data["offsets"], [str(p) for p in data["pieces"]])
+        except FileNotFoundError as e:
+            raise PianolaError(f"{path}: not found; run `pianola sequences` first") from e
+        except (KeyError, ValueError, OSError) as e:
+            raise PianolaError(f"{path}: not a pianola sequences file ({e})") from e
+
+
+def build_sequences(
+    tokens: str | os.PathLike, out_dir: str | os.PathLike, *, window: int = 100, valid_fraction: float = 0.1, seed: int = 42
+) -> dict:
+    """Write vocab.json, train.npz, valid.npz and meta.json to `out_dir`; return the meta."""
+    if window < 1:
+        raise PianolaError(f"window must be at least 1, got {window}")
+    out_dir = Path(out_dir)
+    pieces = read_pieces(tokens)
+    by_name = {p.name: p for p in pieces}
+    train_names, valid_names = split_pieces(list(by_name), valid_fraction, seed)
+    vocab = Vocabulary.build(by_name[n].tokens for n in train_names)
+    meta: dict = {"window": window, "valid_fraction": valid_fraction, "seed": seed, "vocab_size": len(vocab)}
+    for split, names in zip(SPLITS, (train_names, valid_names)):
+        encoded = EncodedSplit.encode([by_name[n] for n in names], vocab)
+        encoded.save(out_dir / f"{split}.npz")
+        meta[split] = {
+            "pieces": names,
+            "tokens": int(len(encoded.ids)),
+            "windows": int(len(encoded.window_starts(window))),
+            "oov_rate": round(float(np.mean(encoded.ids == 0)) if len(encoded.ids) else 0.0, 6),
+        }
+    if meta["train"]["windows"] == 0:
+        raise PianolaError(
+            f"{tokens}: no training piece is longer than the window ({window} tokens); add data or lower sequences.window"
+        )
+    vocab.save(out_dir / "vocab.json")
+    atomic_write_json(out_dir / "meta.json", meta)
+    return meta

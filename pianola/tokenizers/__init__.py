@@ -1,0 +1,31 @@
+"""Tokenizers turn a MIDI file into a list of string tokens and back.
+
+`paper`: the paper's note/chord encoding (music21-compatible); `timed`: keeps onsets, durations, octaves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pianola.tokenizers.base import Tokenizer
+
+TOKENIZERS = ("paper", "timed")
+
+
+def get_tokenizer(name: str, **config: Any) -> Tokenizer:
+    """The tokenizer called `name`, built with its config (as saved in a bundle)."""
+    if name == "paper":
+        from pianola.tokenizers.paper import PaperTokenizer
+
+        return PaperTokenizer(**config)
+    if name == "timed":
+        from pianola.tokenizers.timed import TimedTokenizer
+
+        return TimedTokenizer(**config)
+    raise ValueError(f"unknown tokenizer {name!r}: choose one of {', '.join(TOKENIZERS)}")
+
+
+def tokenizer_from_config(config: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from `Tokenizer.config()`."""
+    config = dict(config)
+    return get_tokenizer(config.pop("name"), **config)

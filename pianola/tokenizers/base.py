@@ -1,0 +1,27 @@
+"""The interface every tokenizer implements."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import symusic
+
+
+class Tokenizer(ABC):
+    """MIDI file -> list of string tokens -> MIDI score."""
+
+    name: ClassVar[str]
+
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this tokenizer: `tokenizer_from_config(t.config())`."""
+        return {"name": self.name}
+
+    @abstractmethod
+    def encode(self, path: str | os.PathLike) -> list[str]:
+        """Tokens of one MIDI file."""
+
+    @abstractmethod
+    def decode(self, tokens: list[str], tempo_qpm: float = 120.0) -> symusic.Score:
+        """A piano score playing `tokens`."""
