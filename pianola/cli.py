@@ -6,12 +6,15 @@ them, so `pianola tokenize` starts in a fraction of a second.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pianola.errors import PianolaError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides our output
 
 app = typer.Typer(
     help="Learn to compose classical piano music with LSTMs.",
@@ -75,6 +78,74 @@ def sequences(
         f"vocabulary {meta['vocab_size']}; train {len(meta['train']['pieces'])} pieces, {meta['train']['windows']:,} windows; "
         f"valid {len(meta['valid']['pieces'])} pieces, {meta['valid']['windows']:,} windows (OOV {meta['valid']['oov_rate']:.2%})"
     )
+
+
+@app.command()
+def models(
+    vocab: Annotated[int, typer.Option(help="Vocabulary size the parameter counts assume")] = 313,
+) -> None:
+    """List the model zoo with parameter counts."""
+    from pianola.models import list_models
+
+    rows = list_models(vocab)
+    width = max(len(name) for name, _, _ in rows)
+    for name, description, params in rows:
+        typer.echo(f"{name:<{width}}  {params:>11,}  {description}")
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="A zoo model: see `pianola models`")] = "lstm",
+    preset: Annotated[str, typer.Option(help="demo (minutes), paper (the paper's settings), best (ours)")] = "demo",
+    sequences_dir: Annotated[Path, typer.Option("--sequences", help="Output of `pianola sequences`")] = Path("data/sequences"),
+    out: Annotated[Path, typer.Option(help="Folder for the trained bundle")] = Path("models/candidate"),
+    epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Override the preset's time budget")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    register: Annotated[bool, typer.Option(help="Register the bundle in the MLflow Model Registry as candidate")] = True,
+) -> None:
+    """Train a model, track it in MLflow, save it as a bundle and register it as `candidate`."""
+    from pianola.train import preset_config, train as run_train
+
+    overrides = {k: v for k, v in {"epochs": epochs, "max_minutes": max_minutes}.items() if v is not None}
+    config = preset_config(model, preset, seed=seed, **overrides)
+    result = run_train(sequences_dir, out, config, register=register)
+    typer.echo(result.summary())
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="A bundle folder or an MLflow URI such as models:/pianola@champion")] = "models:/pianola@champion",
+    midi: Annotated[Path, typer.Option(help="Folder of MIDI files to evaluate on")] = Path("data/raw"),
+    valid_of: Annotated[Path | None, typer.Option(help="Only the validation pieces of this sequences folder")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON metrics to this file")] = None,
+    curves: Annotated[Path | None, typer.Option(help="Also write the bundle's training curves (CSV) here")] = None,
+) -> None:
+    """Held-out cross-entropy of the token after every window, perplexity, accuracy, OOV rate."""
+    import json
+
+    from pianola.bundle import load_bundle
+    from pianola.evaluate import evaluate_midi, validation_pieces, write_training_curves
+    from pianola.io import atomic_write_json
+
+    bundle = load_bundle(model)
+    metrics = evaluate_midi(bundle, midi, validation_pieces(valid_of) if valid_of else None)
+    if out:
+        atomic_write_json(out, metrics.to_json())
+    if curves:
+        write_training_curves(bundle, curves)
+    typer.echo(json.dumps(metrics.to_json()) if as_json else metrics.summary())
+
+
+@app.command()
+def promote(
+    midi: Annotated[Path, typer.Option(help="Folder holding the validation pieces' MIDI files")] = Path("data/raw"),
+) -> None:
+    """Move alias `champion` to `candidate` only if it has a lower held-out cross-entropy."""
+    from pianola.tracking import promote as run_promote
+
+    typer.echo(run_promote(midi).summary())
 
 
 def main() -> None:

@@ -64,3 +64,19 @@ def corpus_plots(out_dir: Path, counts: Counter, pitch_histogram: np.ndarray, ex
     ax.set_xlabel("offset (quarters)")
     ax.set_ylabel("MIDI pitch")
     save_figure(fig, out_dir / "pitch_offset.png")
+
+
+def training_curves(history: list[dict], path: str | os.PathLike, title: str) -> None:
+    """Loss and accuracy per epoch, training against validation."""
+    plt = _pyplot()
+    epochs = [row["epoch"] + 1 for row in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("loss", "train"), ("val_loss", "validation")):
+        loss_ax.plot(epochs, [row.get(key) for row in history], marker="o", label=label)
+    for key, label in (("accuracy", "train"), ("val_accuracy", "validation")):
+        acc_ax.plot(epochs, [row.get(key) for row in history], marker="o", label=label)
+    loss_ax.set(title=f"{title}: cross-entropy", xlabel="epoch", ylabel="nats per token")
+    acc_ax.set(title=f"{title}: accuracy", xlabel="epoch", ylabel="top-1 accuracy")
+    loss_ax.legend()
+    acc_ax.legend()
+    save_figure(fig, path)

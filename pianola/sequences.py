@@ -7,6 +7,7 @@ Arrays hold each piece's ids end to end; a window is a view into them, not a cop
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ def build_sequences(
         raise PianolaError(f"window must be at least 1, got {window}")
     out_dir = Path(out_dir)
     pieces = read_pieces(tokens)
+    tokenizer_config = read_tokenizer_config(tokens)
     by_name = {p.name: p for p in pieces}
     train_names, valid_names = split_pieces(list(by_name), valid_fraction, seed)
     vocab = Vocabulary.build(by_name[n].tokens for n in train_names)
@@ -107,5 +109,18 @@ def build_sequences(
             f"{tokens}: no training piece is longer than the window ({window} tokens); add data or lower sequences.window"
         )
     vocab.save(out_dir / "vocab.json")
+    atomic_write_json(out_dir / "tokenizer.json", tokenizer_config)
     atomic_write_json(out_dir / "meta.json", meta)
     return meta
+
+
+def read_tokenizer_config(tokens: str | os.PathLike) -> dict:
+    """The tokenizer config the tokenize stage recorded in stats.json beside tokens.jsonl."""
+    tokens = Path(tokens)
+    stats = (tokens if tokens.is_dir() else tokens.parent) / "stats.json"
+    try:
+        return dict(json.loads(stats.read_text())["tokenizer"])
+    except FileNotFoundError as e:
+        raise PianolaError(f"{stats}: not found; run `pianola tokenize` first") from e
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PianolaError(f"{stats}: no tokenizer config in it ({e})") from e

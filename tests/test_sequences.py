@@ -16,6 +16,7 @@ from pianola.vocab import UNK, Vocabulary
 
 def make_tokens(folder: Path, pieces: dict[str, list[str]]) -> Path:
     write_pieces(folder / "tokens.jsonl", [Piece(name, tokens) for name, tokens in pieces.items()])
+    (folder / "stats.json").write_text(json.dumps({"tokenizer": {"name": "timed", "steps_per_quarter": 12}}))
     return folder
 
 
@@ -88,6 +89,7 @@ def test_missing_tokens_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_damaged_tokens_line_names_file_and_line(tmp_path: Path) -> None:
+    make_tokens(tmp_path, {})
     (tmp_path / "tokens.jsonl").write_text('{"piece": "a.mid", "tokens": ["C4"]}\n{"piece": \n')
     with pytest.raises(PianolaError, match=r"tokens.jsonl:2"):
         build_sequences(tmp_path, tmp_path / "s", window=1)

@@ -1,0 +1,126 @@
+"""Held-out evaluation in the paper's sense: for every window of `window` tokens of every piece,
+the cross-entropy (nats) of the token that follows it, with perplexity, top-1 accuracy and OOV rate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pianola.bundle import Bundle
+from pianola.corpus import midi_files
+from pianola.errors import PianolaError
+from pianola.sequences import EncodedSplit
+
+_EPS = 1e-12  # a float32 softmax can round a probability to 0
+
+
+@dataclass
+class HeldOutMetrics:
+    cross_entropy: float  # nats per predicted token
+    perplexity: float
+    accuracy: float  # top-1
+    oov_rate: float  # share of predicted tokens outside the vocabulary (<unk>)
+    tokens: int  # tokens predicted: one per window
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (
+            f"cross-entropy {self.cross_entropy:.4f} nats/token, perplexity {self.perplexity:.2f}, "
+            f"accuracy {self.accuracy:.2%}, OOV {self.oov_rate:.2%}, {self.tokens:,} tokens"
+        )
+
+
+def next_token_probs(bundle: Bundle, windows: np.ndarray) -> np.ndarray:
+    """(B, V) probabilities of the token after each (B, window) window of ids."""
+    if bundle.input_kind == "tokens":
+        from pianola.models import advance, zero_states
+
+        step = bundle.step_model()
+        probs, _ = advance(step, windows, zero_states(step, len(windows)))
+        return probs
+    x = (windows[:, :, None] / len(bundle.vocab)).astype("float32")  # (B, T, 1), the paper's scalar input
+    return np.asarray(bundle.model.predict_on_batch(x))
+
+
+def held_out_metrics(bundle: Bundle, split: EncodedSplit, *, batch_size: int = 512) -> HeldOutMetrics:
+    """Metrics over every window of every piece of `split` (ids in the bundle's vocabulary)."""
+    window = bundle.window
+    starts = split.window_starts(window)
+    if not len(starts):
+        raise PianolaError(f"no piece is longer than the model's window ({window} tokens): nothing to evaluate")
+    nll = 0.0
+    correct = 0
+    for begin in range(0, len(starts), batch_size):
+        rows = split.windows(starts[begin : begin + batch_size], window)  # (B, window + 1)
+        probs = next_token_probs(bundle, rows[:, :-1])  # (B, V)
+        targets = rows[:, -1]
+        nll -= float(np.log(np.maximum(probs[np.arange(len(targets)), targets], _EPS)).sum())
+        correct += int((probs.argmax(axis=1) == targets).sum())
+    targets = split.ids[starts + window]
+    ce = nll / len(starts)
+    return HeldOutMetrics(
+        cross_entropy=round(ce, 6),
+        perplexity=round(math.exp(ce), 4),
+        accuracy=round(correct / len(starts), 6),
+        oov_rate=round(float(np.mean(targets == 0)), 6),
+        tokens=int(len(starts)),
+    )
+
+
+def encode_midi(bundle: Bundle, midi_dir: str | os.PathLike, pieces: list[str] | None = None) -> EncodedSplit:
+    """The MIDI files of `midi_dir` (only `pieces`, when given) in the bundle's own tokenizer and vocabulary."""
+    from pianola.corpus import Piece
+
+    files = midi_files(midi_dir)
+    if pieces is not None:
+        wanted = set(pieces)
+        missing = wanted - {p.name for p in files}
+        if missing:
+            raise PianolaError(f"{midi_dir}: missing validation piece(s) {', '.join(sorted(missing)[:5])}")
+        files = [p for p in files if p.name in wanted]
+    if not files:
+        raise PianolaError(f"{midi_dir}: no MIDI files to evaluate")
+    tokenizer = bundle.tokenizer
+    encoded = []
+    for path in files:
+        try:
+            encoded.append(Piece(path.name, tokenizer.encode(path)))
+        except PianolaError:
+            raise
+        except Exception as e:
+            raise PianolaError(f"{path}: cannot be tokenized ({e})") from e
+    return EncodedSplit.encode(encoded, bundle.vocab)
+
+
+def evaluate_midi(bundle: Bundle, midi_dir: str | os.PathLike, pieces: list[str] | None = None) -> HeldOutMetrics:
+    """Held-out metrics of `bundle` on the MIDI files of `midi_dir`."""
+    return held_out_metrics(bundle, encode_midi(bundle, midi_dir, pieces))
+
+
+def validation_pieces(sequences_dir: str | os.PathLike) -> list[str]:
+    """The validation piece names recorded by the sequences stage."""
+    import json
+
+    meta_path = Path(sequences_dir) / "meta.json"
+    try:
+        return list(json.loads(meta_path.read_text())["valid"]["pieces"])
+    except FileNotFoundError as e:
+        raise PianolaError(f"{meta_path}: not found; run `pianola sequences` first") from e
+
+
+def write_training_curves(bundle: Bundle, path: str | os.PathLike) -> None:
+    """The bundle's per-epoch losses as CSV (epoch, loss, val_loss, accuracy, val_accuracy), for DVC plots."""
+    from pianola.io import atomic_write_text
+
+    columns = ["epoch", "loss", "val_loss", "accuracy", "val_accuracy"]
+    lines = [",".join(columns)]
+    for row in bundle.info.get("history", []):
+        lines.append(",".join("" if row.get(c) is None else str(row[c]) for c in columns))
+    atomic_write_text(path, "\n".join(lines) + "\n")

@@ -1,0 +1,248 @@
+"""Stage 1 of the flow: a source (music21 corpus, local folder) -> validated data/raw/*.mid + manifest.json.
+
+A bad input is recorded in the manifest with its reason and skipped; it never stops the run.
+
+The output folder belongs to this stage: after a successful run it holds exactly the MIDI files the
+manifest lists as ok (stale MIDI files and temporary files from an interrupted run are removed, so
+the DVC output matches its manifest). Files already present with the same bytes are left untouched,
+so a re-run is cheap and keeps their timestamps. A run that ingests nothing raises and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pianola.errors import PianolaError
+from pianola.io import atomic_write_bytes, atomic_write_json
+from pianola.sources import MIDI_SUFFIXES, FolderSource, Source, SourceItem, SourceReadError, open_source
+from pianola.validate import oversize_reason, reason_kind, validate_midi
+
+MANIFEST = "manifest.json"
+OUTPUT_SUFFIX = ".mid"
+MAX_NAME_CHARS = 120  # well under file-system limits once a "-NN" dedup suffix is added
+PROGRESS_MIN_ITEMS = 5  # a bar for a handful of files is only noise
+UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class IngestReport:
+    """What one run did: every input's manifest entry and what changed in the output folder."""
+
+    source: str
+    out_dir: Path
+    entries: list[dict[str, Any]]
+    written: int = 0  # ok files new or changed on disk
+    unchanged: int = 0  # ok files already present with the same bytes
+    removed: list[str] = field(default_factory=list)  # stale files deleted from out_dir
+
+    @property
+    def ok(self) -> int:
+        return sum(e["status"] == "ok" for e in self.entries)
+
+    @property
+    def rejected(self) -> int:
+        return sum(e["status"] == "rejected" for e in self.entries)
+
+    def top_reasons(self, n: int = 3) -> str:
+        """'2 truncated, 1 duplicate': the most common rejection kinds."""
+        kinds = Counter(reason_kind(e["reason"]) for e in self.entries if e["status"] == "rejected")
+        return ", ".join(f"{count} {kind}" for kind, count in kinds.most_common(n))
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        line = f"ingested {self.ok} MIDI files from {self.source} into {self.out_dir}"
+        line += f" ({self.written} written, {self.unchanged} unchanged, {len(self.removed)} stale removed)"
+        if self.rejected:
+            line += f"; {self.rejected} rejected: {self.top_reasons()}"
+        return line
+
+
+def ingest(
+    source: str | Source,
+    out_dir: Path,
+    *,
+    max_bytes: int = 4_000_000,
+    limit: int = 0,
+    progress: bool = True,
+) -> IngestReport:
+    """Validate every item of `source` and write the good ones to `out_dir` with a manifest.
+
+    `limit` > 0 stops after that many files are ingested (the manifest then lists the inputs seen so far).
+    """
+    src = open_source(source) if isinstance(source, str) else source
+    out_dir = Path(out_dir)
+    report = IngestReport(source=src.spec, out_dir=out_dir, entries=[])
+    first_copy: dict[str, str] = {}  # sha256 -> output name of the first ok file with those bytes
+    taken: set[str] = set()  # output names in use, case-folded (macOS and Windows ignore case)
+    if isinstance(src, FolderSource) and out_dir.resolve().is_relative_to(src.root.resolve()):
+        # Stale-file removal would delete the rejected inputs, and the walk would read its own output.
+        raise PianolaError(f"output folder {out_dir} is inside the source folder {src.spec}; choose one outside it")
+    estimate = src.estimated_count()
+    # With a limit the run ends on the ok count, so that is what the bar counts.
+    by_ok = bool(limit) and (estimate is None or limit < estimate)
+    total = limit if by_ok else estimate
+    show = progress and (estimate is None or estimate > PROGRESS_MIN_ITEMS)
+    items = src.items()
+    try:
+        with _progress_bar(show, f"ingest {src.spec}", total) as advance:
+            for item in items:
+                entry = _ingest_item(item, out_dir, max_bytes, first_copy, taken, report)
+                report.entries.append(entry)
+                ok = entry["status"] == "ok"
+                advance(int(ok or not by_ok), f"{report.ok} ok, {report.rejected} rejected")
+                if limit and report.ok >= limit:
+                    break
+    finally:
+        # Stops the music21 worker pool at once when `limit` ends the run early.
+        close = getattr(items, "close", None)
+        if close:
+            close()
+
+    if not report.ok:
+        if not report.entries:
+            raise PianolaError(f"source {src.spec!r} holds no MIDI files (*.mid, *.midi); nothing ingested")
+        raise PianolaError(
+            f"no MIDI file ingested from {src.spec!r}: all {report.rejected} inputs rejected "
+            f"({report.top_reasons()}); {out_dir} was left as it was"
+        )
+    report.removed = _remove_stale(out_dir, {e["name"] for e in report.entries if e["status"] == "ok"})
+    atomic_write_json(
+        out_dir / MANIFEST,
+        {"source": src.spec, "ok": report.ok, "rejected": report.rejected, "files": report.entries},
+    )
+    return report
+
+
+def _ingest_item(
+    item: SourceItem,
+    out_dir: Path,
+    max_bytes: int,
+    first_copy: dict[str, str],
+    taken: set[str],
+    report: IngestReport,
+) -> dict[str, Any]:
+    """One input -> its manifest entry; writes the file when it is good and new."""
+    entry: dict[str, Any] = {
+        "name": item.name,
+        "sha256": None,
+        "source": item.source,
+        "composer": item.composer,
+        "license": item.license,
+        "status": "rejected",
+        "reason": None,
+    }
+    if item.rejected or item.read is None:
+        entry["reason"] = item.rejected or "nothing to read"
+        return entry
+    # Never load a huge file only to refuse it.
+    if item.size is not None and (reason := oversize_reason(item.size, max_bytes)):
+        entry["reason"] = reason
+        return entry
+    try:
+        data = item.read()
+    except SourceReadError as e:
+        entry["reason"] = str(e)
+        return entry
+    except OSError as e:
+        entry["reason"] = f"unreadable: {e.strerror or e}"
+        return entry
+    except Exception as e:  # noqa: BLE001 - whatever one input does, the run goes on
+        entry["reason"] = f"unreadable: {type(e).__name__}: {e}"
+        return entry
+
+    entry["sha256"] = sha256 = hashlib.sha256(data).hexdigest()
+    if reason := validate_midi(data, max_bytes=max_bytes):
+        entry["reason"] = reason
+        return entry
+    if sha256 in first_copy:
+        entry["reason"] = f"duplicate of {first_copy[sha256]}"
+        return entry
+
+    name = _unique_name(safe_name(item.name), taken)
+    first_copy[sha256] = name
+    target = out_dir / name
+    if _same_bytes(target, data):
+        report.unchanged += 1
+    else:
+        try:
+            atomic_write_bytes(target, data)
+        except OSError as e:
+            # The output folder is broken (permissions, disk full): every later file would fail too.
+            raise PianolaError(f"cannot write {target}: {e.strerror or e}") from e
+        report.written += 1
+    entry.update(name=name, status="ok")
+    return entry
+
+
+def safe_name(name: str) -> str:
+    """A plain file name for `name`: path parts joined by '_', only [A-Za-z0-9._-], ending in .mid."""
+    parts = [p for p in re.split(r"[/\\]+", name) if p not in ("", ".", "..")]
+    stem = "_".join(parts)
+    lowered = stem.lower()
+    for suffix in MIDI_SUFFIXES:
+        if lowered.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    # A leading dot would hide the file (and look like io.py's temporary files).
+    stem = UNSAFE_NAME_CHARS.sub("_", stem).lstrip(".")[:MAX_NAME_CHARS].rstrip(".") or "unnamed"
+    return stem + OUTPUT_SUFFIX
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or `stem-2.mid`, `stem-3.mid`, ... when an earlier file of this run already has it."""
+    stem = name[: -len(OUTPUT_SUFFIX)]
+    candidate, n = name, 1
+    while candidate.lower() in taken:
+        n += 1
+        candidate = f"{stem}-{n}{OUTPUT_SUFFIX}"
+    taken.add(candidate.lower())
+    return candidate
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.is_file() and not path.is_symlink() and path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _remove_stale(out_dir: Path, keep: set[str]) -> list[str]:
+    """Delete MIDI files this run did not ingest, and temporary files of interrupted writes."""
+    removed = []
+    for path in sorted(out_dir.iterdir()):
+        if path.name in keep or (path.is_dir() and not path.is_symlink()):
+            continue
+        stale_midi = path.name.lower().endswith(MIDI_SUFFIXES)
+        leftover_tmp = path.name.startswith(".") and path.name.endswith(".tmp")  # io.atomic_path's names
+        if stale_midi or leftover_tmp:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+@contextmanager
+def _progress_bar(show: bool, description: str, total: int | None) -> Iterator[Any]:
+    """Yield advance(steps, label): a transient rich bar on stderr when `show`, else a no-op."""
+    if not show:
+        yield lambda steps, label: None
+        return
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[label]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total, label="")
+        yield lambda steps, label: bar.update(task, advance=steps, label=label)

@@ -1,0 +1,219 @@
+"""Where ingest gets MIDI files from: a source yields named items whose bytes are read lazily.
+
+First stage of the flow (sources -> data/raw); a web index or an S3 prefix slots in as one more Source.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterator
+from itertools import islice
+from dataclasses import dataclass
+from pathlib import Path
+
+from pianola.errors import PianolaError
+
+MIDI_SUFFIXES = (".mid", ".midi")
+MUSIC21_PREFIX = "music21:"
+DEFAULT_SOURCE = "music21:bach"
+MUSIC21_LICENSE = (
+    "music21 corpus: out of copyright in the US or licensed to music21 for free use, some encodings "
+    "without commercial use; see music21/corpus/license.txt and the work's own header"
+)
+# Roman-numeral analyses sit beside the chorales in the corpus; realised as MIDI they would be block
+# chords written by an analyst, not music by the composer.
+MUSIC21_SKIPPED_SUFFIXES = (".rntxt",)
+ACCEPTED_FORMS = (
+    "a local folder of .mid/.midi files, or music21:COMPOSER[,COMPOSER...] "
+    f"(works bundled with music21, e.g. {DEFAULT_SOURCE})"
+)
+
+
+class SourceReadError(PianolaError):
+    """An item's bytes could not be produced; the message is the rejection reason for the manifest."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One candidate file: its name, where it came from, and how to read its bytes."""
+
+    name: str  # relative name, e.g. "sub/x.mid" or "bach/bwv1.6"; ingest sanitises it for the output
+    source: str  # path, URL or music21:bach/bwv1.6.mxl, recorded in the manifest
+    read: Callable[[], bytes] | None = None  # raises OSError or SourceReadError; None when rejected
+    size: int | None = None  # bytes, where known without reading (lets ingest skip huge files unread)
+    composer: str | None = None
+    license: str | None = None
+    rejected: str | None = None  # a reason known before reading: a symlink, a directory, ...
+
+    @classmethod
+    def reject(cls, name: str, source: str, reason: str) -> SourceItem:
+        return cls(name=name, source=source, rejected=reason)
+
+
+class Source(ABC):
+    """A place MIDI files come from; `spec` is what the user typed, named in errors and the manifest."""
+
+    spec: str
+
+    @abstractmethod
+    def items(self) -> Iterator[SourceItem]:
+        """Every candidate in a stable order (stable output names across runs)."""
+
+    def estimated_count(self) -> int | None:
+        """How many items `items()` will yield, where cheap to know (sizes the progress bar)."""
+        return None
+
+
+class FolderSource(Source):
+    """MIDI files under a local folder, recursively; symlinks are reported, never followed."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.spec = str(root)
+
+    def items(self) -> Iterator[SourceItem]:
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames.sort()
+            here = Path(dirpath)
+            # os.walk lists symlinks to folders under dirnames; report those and the folders named
+            # like MIDI files, since a user put them there expecting them to be read.
+            for name in list(dirnames):
+                path = here / name
+                if path.is_symlink():
+                    dirnames.remove(name)
+                    yield SourceItem.reject(self._name(path), str(path), "symbolic link to a folder (not followed)")
+                elif _is_midi_name(name):
+                    yield SourceItem.reject(self._name(path), str(path), "a directory, not a MIDI file")
+            for name in sorted(filenames):
+                if _is_midi_name(name):
+                    yield self._file_item(here / name)
+
+    def estimated_count(self) -> int | None:
+        return None  # counting means walking the tree twice; the bar runs without a total
+
+    def _name(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _file_item(self, path: Path) -> SourceItem:
+        name = self._name(path)
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            return SourceItem.reject(name, str(path), f"unreadable: {e.strerror or e}")
+        if stat.S_ISLNK(st.st_mode):
+            return SourceItem.reject(name, str(path), "symbolic link (not followed)")
+        if not stat.S_ISREG(st.st_mode):
+            # Reading a FIFO or a device named x.mid would block or never end.
+            return SourceItem.reject(name, str(path), "not a regular file")
+        return SourceItem(name=name, source=str(path), read=path.read_bytes, size=st.st_size)
+
+
+class Music21Source(Source):
+    """Works bundled with music21 (offline), converted to MIDI by music21's own MIDI writer."""
+
+    def __init__(self, composers: list[str], *, workers: int = 2):
+        from music21 import common, corpus  # music21 takes a second to import: only when used
+
+        self.spec = MUSIC21_PREFIX + ",".join(composers)
+        self.workers = workers
+        self._corpus_root = Path(common.getCorpusFilePath())
+        self._works: list[tuple[str, Path]] = []  # (composer, path), in corpus order
+        seen: set[Path] = set()
+        for composer in composers:
+            paths = [p for p in corpus.getComposer(composer) if p.suffix not in MUSIC21_SKIPPED_SUFFIXES]
+            if not paths:
+                raise PianolaError(
+                    f"source {self.spec!r}: the music21 corpus has no works for composer {composer!r}; "
+                    f"composers include {', '.join(_music21_composers(self._corpus_root)[:12])}, ..."
+                )
+            for path in paths:
+                if path not in seen:
+                    seen.add(path)
+                    self._works.append((composer, path))
+
+    def estimated_count(self) -> int | None:
+        return len(self._works)
+
+    def items(self) -> Iterator[SourceItem]:
+        if self.workers <= 1:
+            for composer, path in self._works:
+                yield self._item(composer, path, lambda path=path: _unwrap(music21_to_midi(str(path))))
+            return
+        # music21 needs ~0.3 s of CPU per chorale, so a pool of workers roughly halves a full run.
+        # Spawned (not forked) workers: the parent may hold threads (the progress bar) or TensorFlow.
+        # Only 2 tasks per worker run ahead, so a small `limit` wastes little work when ingest stops early.
+        with multiprocessing.get_context("spawn").Pool(self.workers) as pool:
+            works = iter(self._works)
+            pending: deque = deque()
+
+            def submit(count: int) -> None:
+                for composer, path in islice(works, count):
+                    pending.append((composer, path, pool.apply_async(music21_to_midi, (str(path),))))
+
+            submit(2 * self.workers)
+            while pending:
+                composer, path, result = pending.popleft()
+                submit(1)
+                yield self._item(composer, path, lambda result=result: _unwrap(result.get()))
+
+    def _item(self, composer: str, path: Path, read: Callable[[], bytes]) -> SourceItem:
+        relative = path.relative_to(self._corpus_root).as_posix()
+        return SourceItem(
+            name=relative.removesuffix(path.suffix),
+            source=MUSIC21_PREFIX + relative,
+            read=read,
+            composer=composer,
+            license=MUSIC21_LICENSE,
+        )
+
+
+def music21_to_midi(path: str) -> tuple[bytes | None, str | None]:
+    """(MIDI bytes, None) or (None, why not) for one corpus work; runs in a worker process."""
+    from music21 import corpus, stream
+    from music21.midi import translate
+
+    try:
+        score = corpus.parse(path)
+        if isinstance(score, stream.Opus):
+            return None, f"a collection of {len(score.scores)} pieces (music21 Opus); collections are not split yet"
+        return translate.streamToMidiFile(score).writestr(), None
+    except Exception as e:  # noqa: BLE001 - any music21 failure is this one work's problem, not the run's
+        return None, f"music21 could not convert: {type(e).__name__}: {e}"
+
+
+def _unwrap(result: tuple[bytes | None, str | None]) -> bytes:
+    data, error = result
+    if data is None:
+        raise SourceReadError(error)
+    return data
+
+
+def _is_midi_name(name: str) -> bool:
+    return name.lower().endswith(MIDI_SUFFIXES)
+
+
+def _music21_composers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def open_source(spec: str) -> Source:
+    """The Source for `spec`: `music21:COMPOSER[,COMPOSER...]` or a local folder."""
+    lowered = spec.lower()
+    if lowered.startswith(("http://", "https://", "s3://")):
+        kind = "S3" if lowered.startswith("s3://") else "web (http/https)"
+        raise PianolaError(f"source {spec!r}: {kind} sources are not supported yet; use {ACCEPTED_FORMS}")
+    if lowered.startswith(MUSIC21_PREFIX):
+        composers = [c.strip() for c in spec[len(MUSIC21_PREFIX) :].split(",") if c.strip()]
+        if not composers:
+            raise PianolaError(f"source {spec!r} names no composer; use e.g. {DEFAULT_SOURCE}")
+        return Music21Source(composers)
+    path = Path(spec)
+    if path.is_dir():
+        return FolderSource(path)
+    if path.exists():
+        raise PianolaError(f"source {spec!r} is a file, not a folder; put it in a folder and give that folder")
+    raise PianolaError(f"source {spec!r} is neither an existing folder nor a known source; use {ACCEPTED_FORMS}")

@@ -1,0 +1,176 @@
+"""MLflow: experiment tracking, the `pianola` registered model, and its `candidate`/`champion` aliases.
+
+By default MLflow runs embedded on SQLite under mlflow/ (no server); MLFLOW_TRACKING_URI overrides.
+A bundle is logged as a pyfunc model whose artifact is the bundle folder, so `models:/` URIs load it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pianola.errors import PianolaError
+
+EXPERIMENT = "pianola"
+REGISTERED_MODEL = "pianola"
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+STORE = Path("mlflow")
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else SQLite in mlflow/mlflow.db (relative to the working directory)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(STORE / 'mlflow.db').resolve()}"
+
+
+def setup(experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the store and select `experiment` (created with artifacts in mlflow/artifacts)."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        STORE.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        # With the embedded store, artifacts go beside the database; a server decides for itself.
+        location = (STORE / "artifacts").resolve().as_uri() if "MLFLOW_TRACKING_URI" not in os.environ else None
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def environment() -> dict[str, str]:
+    """Where a run ran: logged with every training run."""
+    import keras
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": str(os.cpu_count()),
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "argv": " ".join(sys.argv),
+    }
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+        info["devices"] = ",".join(d.name for d in tf.config.list_logical_devices())
+    return info
+
+
+class BundleModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of a bundle: given token lists, the most likely next token and its probability."""
+
+    def load_context(self, context: Any) -> None:
+        from pianola.bundle import load_bundle
+
+        self.bundle = load_bundle(context.artifacts["bundle"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        import numpy as np
+
+        from pianola.evaluate import next_token_probs
+
+        bundle = self.bundle
+        rows = []
+        for tokens in model_input["tokens"]:
+            ids = bundle.vocab.encode(list(tokens)[-bundle.window :])[None, :]
+            probs = next_token_probs(bundle, ids)[0]
+            best = int(np.argmax(probs))
+            rows.append({"next_token": bundle.vocab.tokens[best], "probability": float(probs[best])})
+        return pd.DataFrame(rows)
+
+
+def log_and_register_bundle(bundle_dir: Path) -> str:
+    """Log the bundle folder to the active run, register it as `pianola`, alias `candidate`; the version."""
+    import pianola
+
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=BundleModel(),
+        artifacts={"bundle": str(bundle_dir)},
+        pip_requirements=[f"pianola=={pianola.__version__}"],
+        registered_model_name=REGISTERED_MODEL,
+    )
+    version = str(info.registered_model_version)
+    MlflowClient().set_registered_model_alias(REGISTERED_MODEL, CANDIDATE, version)
+    return version
+
+
+def download_bundle(uri: str) -> Path:
+    """Download a logged model (`models:/pianola@champion`, `runs:/ID/model`) and return its bundle folder."""
+    setup()
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as e:
+        raise PianolaError(f"{uri}: not found in MLflow at {tracking_uri()} ({e.message})") from e
+    found = sorted(local.rglob("bundle.json"))
+    if not found:
+        raise PianolaError(f"{uri}: the logged model holds no pianola bundle")
+    return found[0].parent
+
+
+def alias_version(alias: str) -> str | None:
+    """The registered version behind `alias`, or None."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, alias).version)
+    except MlflowException:
+        return None
+
+
+@dataclass
+class Promotion:
+    candidate: str
+    champion_before: str | None
+    candidate_cross_entropy: float
+    champion_cross_entropy: float | None
+    promoted: bool
+
+    def summary(self) -> str:
+        if self.champion_before is None:
+            return f"version {self.candidate} is the first champion (cross-entropy {self.candidate_cross_entropy:.4f})"
+        verdict = "promoted to champion" if self.promoted else "not promoted"
+        return (
+            f"candidate version {self.candidate} ({self.candidate_cross_entropy:.4f} nats) vs champion version "
+            f"{self.champion_before} ({self.champion_cross_entropy:.4f} nats): {verdict}"
+        )
+
+
+def promote(midi_dir: str | os.PathLike, pieces: list[str] | None = None) -> Promotion:
+    """Move `champion` to `candidate` only if the candidate's held-out cross-entropy is lower.
+
+    Both models are evaluated now, on the same MIDI files (`pieces` of `midi_dir`; by default the
+    candidate's validation pieces), each through its own tokenizer and vocabulary.
+    """
+    from pianola.bundle import load_bundle
+    from pianola.evaluate import evaluate_midi
+
+    setup()
+    candidate = alias_version(CANDIDATE)
+    if candidate is None:
+        raise PianolaError(f"no model has the alias '{CANDIDATE}' in {tracking_uri()}; run `pianola train` first")
+    champion = alias_version(CHAMPION)
+    candidate_bundle = load_bundle(f"models:/{REGISTERED_MODEL}/{candidate}")
+    if pieces is None:
+        pieces = candidate_bundle.info.get("valid_pieces")
+    candidate_ce = evaluate_midi(candidate_bundle, midi_dir, pieces).cross_entropy
+    champion_ce = None
+    if champion is not None and champion != candidate:
+        champion_ce = evaluate_midi(load_bundle(f"models:/{REGISTERED_MODEL}/{champion}"), midi_dir, pieces).cross_entropy
+    elif champion == candidate:
+        champion_ce = candidate_ce
+    promoted = champion is None or (champion_ce is not None and candidate_ce < champion_ce)
+    client = MlflowClient()
+    client.set_model_version_tag(REGISTERED_MODEL, candidate, "heldout_cross_entropy", f"{candidate_ce:.6f}")
+    if promoted:
+        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, candidate)
+    return Promotion(candidate, champion, candidate_ce, champion_ce, promoted)

@@ -1,0 +1,283 @@
+"""The train stage: sequences -> a zoo model, tracked in MLflow, saved as one bundle, registered.
+
+Each epoch is checkpointed (BackupAndRestore) so a killed run resumes where it stopped; early
+stopping watches the validation loss; a time budget can end training at any batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from pianola.bundle import Bundle
+from pianola.errors import PianolaError
+from pianola.evaluate import held_out_metrics
+from pianola.io import atomic_write_json
+from pianola.models import build_model, model_spec, windows_to_xy
+from pianola.sequences import EncodedSplit
+from pianola.vocab import Vocabulary
+
+PRESETS = ("demo", "paper", "best")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (logged to MLflow as params)."""
+
+    model: str
+    preset: str
+    epochs: int
+    batch_size: int
+    windows_per_epoch: int | None  # training windows drawn per epoch; None: every window
+    valid_windows: int  # validation windows scored after each epoch (a fixed, seeded subset)
+    patience: int  # epochs without a better validation loss before stopping
+    max_minutes: float | None  # wall-clock budget; training stops at the first batch past it
+    seed: int = 0
+    model_options: dict[str, Any] = field(default_factory=dict)  # build_model overrides
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def preset_config(model: str, preset: str, **overrides: Any) -> TrainConfig:
+    """The config of `preset` for `model`; `overrides` replace single fields.
+
+    demo: a small run for minutes on 2 CPU cores (a smoke test of the whole pipeline);
+    paper: the paper's epochs, batch size and optimizer for the chosen model;
+    best: our best settings on the piano corpus, within 30 minutes on 2 CPU cores.
+    """
+    spec = model_spec(model)
+    tokens = spec.input_kind == "tokens"
+    base = spec.preset
+    if preset == "demo":
+        config = TrainConfig(
+            model, preset, epochs=3, batch_size=32 if tokens else base["batch_size"],
+            windows_per_epoch=256 if tokens else 2048, valid_windows=512, patience=2, max_minutes=10,
+            model_options={"embed_dim": 64, "units": 128, "layers": 1} if tokens else {},
+        )
+    elif preset == "paper":
+        config = TrainConfig(
+            model, preset, epochs=base["epochs"], batch_size=base["batch_size"], windows_per_epoch=None,
+            valid_windows=4096, patience=5, max_minutes=None,
+            model_options={"optimizer": base["optimizer"], "learning_rate": base["learning_rate"]},
+        )
+    elif preset == "best":
+        config = TrainConfig(
+            model, preset, epochs=200 if tokens else base["epochs"], batch_size=32 if tokens else base["batch_size"],
+            windows_per_epoch=None if tokens else 20_000, valid_windows=4096, patience=6, max_minutes=28,
+            model_options={"embed_dim": 128, "units": 512, "layers": 2, "dropout": 0.35, "learning_rate": 2e-3} if tokens else {},
+        )
+    else:
+        raise PianolaError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise PianolaError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(config, **overrides)
+
+
+class WindowBatches(keras.utils.PyDataset):
+    """Batches of (x, y) drawn from a split's windows, redrawn every epoch.
+
+    `tokens` models learn from every position of a window, so overlapping windows repeat work:
+    an epoch draws len(tokens) / window windows at random starts (about one pass over the data).
+    `scalar` models (the paper's) see every stride-1 window, or `limit` of them, shuffled.
+    """
+
+    def __init__(self, split: EncodedSplit, window: int, input_kind: str, vocab_size: int,
+                 batch_size: int, limit: int | None, seed: int):
+        super().__init__()
+        self.split, self.window, self.input_kind, self.vocab_size = split, window, input_kind, vocab_size
+        self.batch_size = batch_size
+        self.all_starts = split.window_starts(window)
+        count = len(self.all_starts) if input_kind == "scalar" else max(1, len(split.ids) // window)
+        self.count = min(count, limit or count, len(self.all_starts))
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def on_epoch_end(self) -> None:
+        self.starts = self.rng.choice(self.all_starts, size=self.count, replace=False)
+
+    def __len__(self) -> int:
+        return math.ceil(self.count / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        starts = self.starts[index * self.batch_size : (index + 1) * self.batch_size]
+        return windows_to_xy(self.split.windows(starts, self.window), self.input_kind, self.vocab_size)
+
+
+def validation_arrays(split: EncodedSplit, window: int, input_kind: str, vocab_size: int, count: int, seed: int):
+    """A fixed, seeded subset of validation windows as (x, y)."""
+    starts = split.window_starts(window)
+    if input_kind == "tokens":
+        starts = starts[::window]  # every position is a target: non-overlapping windows suffice
+    if len(starts) > count:
+        starts = np.sort(np.random.default_rng(seed).choice(starts, size=count, replace=False))
+    return windows_to_xy(split.windows(starts, window), input_kind, vocab_size)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training at the first batch after `minutes` of wall-clock time."""
+
+    def __init__(self, minutes: float | None):
+        super().__init__()
+        self.seconds = None if minutes is None else minutes * 60
+        self.start = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.seconds is not None and time.monotonic() - self.start > self.seconds:
+            self.model.stop_training = True
+
+
+class MlflowMetrics(keras.callbacks.Callback):
+    """Per-epoch train/validation loss and accuracy to the active MLflow run, and to `history`."""
+
+    def __init__(self, history: list[dict]):
+        super().__init__()
+        self.history = history
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        import mlflow
+
+        row = {k: float(v) for k, v in (logs or {}).items() if k in {"loss", "accuracy", "val_loss", "val_accuracy"}}
+        row["seconds"] = round(time.monotonic() - self.start, 1)
+        mlflow.log_metrics(row, step=epoch)
+        self.history.append({"epoch": epoch, **row})
+
+
+def distribution_strategy():
+    """A MirroredStrategy when TensorFlow sees several GPUs (or several logical CPUs), else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus if gpus else tf.config.list_logical_devices("CPU")
+    if len(devices) < 2:
+        return None
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+@dataclass
+class TrainResult:
+    bundle_dir: Path
+    run_id: str
+    version: str | None
+    metrics: dict[str, Any]
+    history: list[dict]
+    epochs_run: int
+
+    def summary(self) -> str:
+        held = self.metrics
+        line = (
+            f"trained {self.epochs_run} epoch(s); held-out cross-entropy {held['cross_entropy']:.4f} nats, "
+            f"accuracy {held['accuracy']:.2%}; bundle {self.bundle_dir}; MLflow run {self.run_id}"
+        )
+        return line + (f"; registered pianola version {self.version} as candidate" if self.version else "")
+
+
+def train(
+    sequences_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    work_dir: str | os.PathLike = "models/.work",
+    register: bool = True,
+    verbose: int = 1,
+    extra_callbacks: list[keras.callbacks.Callback] | None = None,
+) -> TrainResult:
+    """Train `config.model` on the sequences in `sequences_dir`; write the bundle to `out`.
+
+    A run interrupted (killed, crashed) resumes from its last finished epoch when called again
+    with the same data and config: the checkpoint and the MLflow run id live in `work_dir`.
+    """
+    import mlflow
+
+    from pianola import tracking
+    from pianola.plots import training_curves
+
+    sequences_dir, out = Path(sequences_dir), Path(out)
+    vocab = Vocabulary.load(sequences_dir / "vocab.json")
+    meta = json.loads((sequences_dir / "meta.json").read_text())
+    train_split = EncodedSplit.load(sequences_dir / "train.npz")
+    valid_split = EncodedSplit.load(sequences_dir / "valid.npz")
+    tokenizer_config = json.loads((sequences_dir / "tokenizer.json").read_text())
+    window = int(meta["window"])
+    spec = model_spec(config.model)
+    if not len(valid_split.window_starts(window)):
+        raise PianolaError(f"{sequences_dir}: no validation piece is longer than the window; raise sequences.valid_fraction")
+
+    keras.utils.set_random_seed(config.seed)
+    run_dir = Path(work_dir) / f"{config.model}-{config.fingerprint()}-{vocab.fingerprint[:8]}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+
+    batches = WindowBatches(train_split, window, spec.input_kind, len(vocab), config.batch_size, config.windows_per_epoch, config.seed)
+    x_val, y_val = validation_arrays(valid_split, window, spec.input_kind, len(vocab), config.valid_windows, config.seed)
+
+    strategy = distribution_strategy()
+    if strategy is None:
+        model = build_model(config.model, len(vocab), window, **config.model_options)
+    else:
+        with strategy.scope():
+            model = build_model(config.model, len(vocab), window, **config.model_options)
+
+    tracking.setup()
+    history: list[dict] = state.get("history", [])
+    with mlflow.start_run(run_id=state.get("run_id"), run_name=f"{config.model}-{config.preset}") as run:
+        if "run_id" not in state:
+            mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k != "model_options"})
+            mlflow.log_params({f"model.{k}": v for k, v in config.model_options.items()})
+            mlflow.log_params({"vocab_size": len(vocab), "window": window, "tokenizer": tokenizer_config["name"],
+                               "train_windows": len(batches.all_starts), "train_pieces": len(train_split.pieces),
+                               "valid_pieces": len(valid_split.pieces), "parameters": model.count_params(),
+                               "devices": strategy.num_replicas_in_sync if strategy else 1})
+            mlflow.set_tags(tracking.environment())
+            lines: list[str] = []
+            model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+            mlflow.log_text("\n".join(lines), "model_summary.txt")
+        state["run_id"] = run.info.run_id
+        atomic_write_json(state_path, state)
+
+        class SaveState(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                atomic_write_json(state_path, {"run_id": run.info.run_id, "history": history})
+
+        callbacks: list[keras.callbacks.Callback] = [
+            keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+            TimeBudget(config.max_minutes),
+            MlflowMetrics(history),
+            SaveState(),
+            *(extra_callbacks or []),
+        ]
+        if keras.backend.backend() == "tensorflow":
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path("logs") / run.info.run_id)))
+        model.fit(batches, validation_data=(x_val, y_val), epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+
+        bundle = Bundle(model, vocab, tokenizer_config, window, config.model, spec.input_kind,
+                        info={"valid_pieces": valid_split.pieces, "train_pieces": len(train_split.pieces),
+                              "preset": config.preset, "run_id": run.info.run_id, "history": history})
+        held_out = held_out_metrics(bundle, valid_split).to_json()
+        bundle.info["heldout"] = held_out
+        mlflow.log_metrics({f"heldout_{k}": v for k, v in held_out.items()})
+        if history:
+            curves = run_dir / "loss_curves.png"
+            training_curves(history, curves, title=f"{config.model} ({config.preset})")
+            mlflow.log_artifact(str(curves))
+        bundle.save(out)
+        version = tracking.log_and_register_bundle(out) if register else None
+    # Finished: the next call with this config starts afresh.
+    state_path.unlink(missing_ok=True)
+    return TrainResult(out, run.info.run_id, version, held_out, history, len(history))

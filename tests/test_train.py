@@ -1,0 +1,173 @@
+"""Training as a user runs it: MLflow tracking, bundles, resume after a crash, the registry's champion."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import make_midi
+from pianola.bundle import load_bundle
+from pianola.corpus import tokenize_corpus
+from pianola.errors import PianolaError
+from pianola.evaluate import encode_midi, evaluate_midi, held_out_metrics
+from pianola.sequences import build_sequences
+from pianola.tokenizers import get_tokenizer
+from pianola.train import preset_config, train
+from pianola.vocab import Vocabulary
+
+TINY = {"embed_dim": 16, "units": 32, "layers": 1}
+WINDOW = 16
+
+
+def motif_notes(key: int, bars: int = 24) -> list[tuple[int, int, int]]:
+    """A repeating arpeggio: easy to learn, so a trained model clearly beats an untrained one."""
+    pattern = [0, 4, 7, 12, 7, 4]
+    return [(i * 240, 240, 48 + key + pattern[i % len(pattern)]) for i in range(bars * 8)]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A project folder with MIDI files, tokens and sequences (window 16)."""
+    root = tmp_path_factory.mktemp("project")
+    for key in range(8):
+        make_midi(root / "data" / "raw" / f"piece{key}.mid", motif_notes(key))
+    tokenize_corpus(root / "data" / "raw", root / "data" / "tokens", get_tokenizer("timed"), plots=False)
+    build_sequences(root / "data" / "tokens", root / "data" / "sequences", window=WINDOW, valid_fraction=0.25, seed=0)
+    return root
+
+
+@pytest.fixture
+def in_project(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in the project with a fresh MLflow store of its own."""
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return project
+
+
+def tiny_config(**overrides):
+    return preset_config("lstm", "demo", **({"epochs": 2, "model_options": TINY} | overrides))
+
+
+def test_training_tracks_bundles_and_registers(in_project: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    result = train("data/sequences", tmp_path / "bundle", tiny_config(), verbose=0)
+    assert result.version == "1" and result.epochs_run == 2
+    run = MlflowClient().get_run(result.run_id)
+    assert run.data.params["model"] == "lstm" and run.data.params["window"] == str(WINDOW)
+    assert "heldout_cross_entropy" in run.data.metrics and "keras_backend" in run.data.tags
+    assert len(MlflowClient().get_metric_history(result.run_id, "val_loss")) == 2
+    artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id)}
+    assert {"model_summary.txt", "loss_curves.png"} <= artifacts
+    assert str(MlflowClient().get_model_version_by_alias("pianola", "candidate").version) == "1"
+    # The registered model loads back as the same bundle.
+    registered = load_bundle("models:/pianola@candidate")
+    assert registered.vocab == Vocabulary.load("data/sequences/vocab.json")
+    assert list(Path("logs").glob(f"{result.run_id}/**/events.out.tfevents.*")), "TensorBoard logs"
+
+
+def test_bundle_evaluates_the_same_after_save_and_load(in_project: Path, tmp_path: Path) -> None:
+    result = train("data/sequences", tmp_path / "bundle", tiny_config(), register=False, verbose=0)
+    loaded = load_bundle(tmp_path / "bundle")
+    valid = encode_midi(loaded, "data/raw", loaded.info["valid_pieces"])
+    after = held_out_metrics(loaded, valid).to_json()
+    for key, value in result.metrics.items():
+        assert after[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_interrupted_training_resumes_from_its_saved_epoch(in_project: Path, tmp_path: Path) -> None:
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("simulated crash after epoch 2")
+
+    class SeenEpochs(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.seen.append(epoch)
+
+    config = tiny_config(epochs=4, patience=10)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train("data/sequences", tmp_path / "bundle", config, register=False, verbose=0, extra_callbacks=[Crash()])
+    assert not (tmp_path / "bundle").exists()
+    seen = SeenEpochs()
+    result = train("data/sequences", tmp_path / "bundle", config, register=False, verbose=0, extra_callbacks=[seen])
+    assert seen.seen == [2, 3]  # epochs 1-2 were not trained again
+    assert [row["epoch"] for row in result.history] == [0, 1, 2, 3]
+    # One MLflow run holds the whole training, across the crash.
+    from mlflow.tracking import MlflowClient
+
+    assert len(MlflowClient().get_metric_history(result.run_id, "loss")) == 4
+
+
+def test_champion_moves_only_on_improvement(in_project: Path, tmp_path: Path) -> None:
+    from pianola.tracking import promote
+
+    train("data/sequences", tmp_path / "a", tiny_config(epochs=3, model_options=TINY | {"learning_rate": 3e-3}), verbose=0)
+    first = promote("data/raw")
+    assert first.promoted and first.champion_before is None
+
+    # Barely trained: near the uniform distribution's cross-entropy, worse than the champion.
+    train("data/sequences", tmp_path / "b", tiny_config(epochs=1, model_options=TINY | {"learning_rate": 1e-6}), verbose=0)
+    second = promote("data/raw")
+    assert first.candidate_cross_entropy <= second.candidate_cross_entropy
+    assert not second.promoted and second.champion_before == "1"
+
+    train("data/sequences", tmp_path / "c", tiny_config(epochs=6, model_options=TINY | {"learning_rate": 2e-2}), verbose=0)
+    third = promote("data/raw")
+    assert third.promoted and third.candidate == "3" and third.champion_before == "1"
+    assert third.candidate_cross_entropy < third.champion_cross_entropy
+    assert load_bundle("models:/pianola@champion").info["run_id"] == load_bundle(tmp_path / "c").info["run_id"]
+
+
+def test_bundle_refuses_another_vocabulary(in_project: Path, tmp_path: Path) -> None:
+    train("data/sequences", tmp_path / "bundle", tiny_config(epochs=1), register=False, verbose=0)
+    vocab = Vocabulary.load(tmp_path / "bundle" / "vocab.json")
+    swapped = list(vocab.tokens)
+    swapped[1], swapped[2] = swapped[2], swapped[1]
+    Vocabulary(tuple(swapped)).save(tmp_path / "bundle" / "vocab.json")
+    with pytest.raises(PianolaError, match="not the one the model was trained with"):
+        load_bundle(tmp_path / "bundle")
+
+
+def test_unknown_preset_and_model_are_clear_errors() -> None:
+    with pytest.raises(PianolaError, match="unknown preset 'huge'"):
+        preset_config("lstm", "huge")
+    with pytest.raises(PianolaError, match="unknown model 'gru'"):
+        preset_config("gru", "demo")
+
+
+def test_training_on_two_logical_cpus_uses_mirrored_strategy(project: Path, tmp_path: Path) -> None:
+    code = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from mlflow.tracking import MlflowClient
+from pianola.train import preset_config, train
+config = preset_config("lstm", "demo", epochs=1, model_options={TINY!r})
+result = train("data/sequences", {str(tmp_path / 'bundle')!r}, config, register=False, verbose=0)
+print("DEVICES", MlflowClient().get_run(result.run_id).data.params["devices"])
+"""
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "DEVICES 2" in done.stdout
+    assert json.loads((tmp_path / "bundle" / "bundle.json").read_text())["model_name"] == "lstm"
+
+
+def test_paper_model_trains_and_evaluates_on_scalar_inputs(in_project: Path, tmp_path: Path) -> None:
+    config = preset_config("paper-3b", "demo", epochs=1, windows_per_epoch=64, valid_windows=32)
+    result = train("data/sequences", tmp_path / "bundle", config, register=False, verbose=0)
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.input_kind == "scalar"
+    metrics = evaluate_midi(bundle, "data/raw", bundle.info["valid_pieces"])
+    assert np.isfinite(metrics.cross_entropy) and metrics.cross_entropy == pytest.approx(result.metrics["cross_entropy"], abs=1e-5)
