@@ -148,6 +148,54 @@ def promote(
     typer.echo(run_promote(midi).summary())
 
 
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option(help="A bundle folder or an MLflow URI")] = "models:/pianola@champion",
+    n: Annotated[int, typer.Option(help="Number of pieces, generated in one batch")] = 1,
+    length: Annotated[int, typer.Option(help="Tokens per piece")] = 500,
+    strategy: Annotated[str, typer.Option(help="greedy | temperature | top_k | top_p")] = "top_p",
+    temperature: Annotated[float, typer.Option(help="Softmax temperature (all but greedy)")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Tokens kept by top_k")] = 20,
+    top_p: Annotated[float, typer.Option(help="Probability mass kept by top_p")] = 0.9,
+    primer: Annotated[str, typer.Option(help="random (a window of the training corpus) or a MIDI file")] = "random",
+    corpus: Annotated[Path, typer.Option(help="The training corpus: random primers and the metrics' reference")] = Path("data/raw"),
+    seed: Annotated[int, typer.Option(help="The same seed gives the same files")] = 0,
+    tempo: Annotated[float, typer.Option(help="Tempo of the written MIDI, quarter notes per minute")] = 120.0,
+    out: Annotated[Path, typer.Option(help="Folder for the pieces")] = Path("outputs/generated"),
+    wav: Annotated[bool, typer.Option("--wav", help="Also render WAV with FluidSynth")] = False,
+    soundfont: Annotated[str | None, typer.Option(help="SoundFont for --wav (default: the system's General MIDI one)")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="Also write the batch's metrics (JSON) here")] = None,
+    track: Annotated[bool, typer.Option(help="Log the pieces and metrics to an MLflow run")] = True,
+) -> None:
+    """Generate N pieces as MIDI (and WAV), with piano rolls and music metrics."""
+    from pianola.bundle import load_bundle
+    from pianola.generate import Sampling, generate_pieces, write_report
+
+    sampling = Sampling(strategy, temperature, top_k, top_p)
+    bundle = load_bundle(model)
+    pieces = generate_pieces(bundle, out, n=n, length=length, sampling=sampling, seed=seed, primer=primer,
+                             corpus_dir=corpus, tempo_qpm=tempo, wav=wav, soundfont=soundfont)
+    settings = {"model": model, "n": n, "length": length, "seed": seed, "primer": primer, "tempo": tempo} | vars(sampling)
+    summary = write_report(pieces, out, settings, metrics_path=metrics)
+    if track:
+        from pianola.tracking import log_generation
+
+        log_generation(out, settings, summary)
+    typer.echo(f"wrote {len(pieces)} piece(s) to {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+@app.command()
+def render(
+    midi: Annotated[list[Path], typer.Argument(help="MIDI files; each WAV is written beside its MIDI")],
+    soundfont: Annotated[str | None, typer.Option(help="SoundFont (default: the system's General MIDI one)")] = None,
+) -> None:
+    """Render MIDI files to 44.1 kHz WAV with FluidSynth."""
+    from pianola.render import render_many
+
+    for path in render_many(midi, soundfont=soundfont):
+        typer.echo(str(path))
+
+
 def main() -> None:
     """Entry point: run the app, turning PianolaError into a one-line message and exit code 1."""
     try:

@@ -141,8 +141,8 @@ def _ingest_item(
         "status": "rejected",
         "reason": None,
     }
-    if item.rejected or item.read is None:
-        entry["reason"] = item.rejected or "nothing to read"
+    if item.rejected is not None or item.read is None:  # SourceItem guarantees a reason when read is None
+        entry["reason"] = item.rejected
         return entry
     # Never load a huge file only to refuse it.
     if item.size is not None and (reason := oversize_reason(item.size, max_bytes)):
@@ -210,8 +210,11 @@ def _unique_name(name: str, taken: set[str]) -> str:
 
 
 def _same_bytes(path: Path, data: bytes) -> bool:
+    """Is `path` a regular file holding exactly `data`? (The size check spares most reads.)"""
     try:
-        return path.is_file() and not path.is_symlink() and path.stat().st_size == len(data) and path.read_bytes() == data
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != len(data):
+            return False
+        return path.read_bytes() == data
     except OSError:
         return False
 
@@ -243,6 +246,7 @@ def _progress_bar(show: bool, description: str, total: int | None) -> Iterator[A
         TextColumn("{task.fields[label]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    # No auto-refresh: its thread would be inherited mid-write by the music21 source's forked workers.
+    with Progress(*columns, console=Console(stderr=True), transient=True, auto_refresh=False) as bar:
         task = bar.add_task(description, total=total, label="")
-        yield lambda steps, label: bar.update(task, advance=steps, label=label)
+        yield lambda steps, label: bar.update(task, advance=steps, label=label, refresh=True)

@@ -80,3 +80,30 @@ def training_curves(history: list[dict], path: str | os.PathLike, title: str) ->
     loss_ax.legend()
     acc_ax.legend()
     save_figure(fig, path)
+
+
+def piano_roll(midi_path: str | os.PathLike, png_path: str | os.PathLike, title: str | None = None) -> None:
+    """Piano roll of a MIDI file: one bar per note, time in seconds across, MIDI pitch up."""
+    from matplotlib.collections import PolyCollection
+
+    plt = _pyplot()
+    score = load_score(midi_path).to("second")
+    empty = {"time": np.zeros(0), "duration": np.zeros(0), "pitch": np.zeros(0)}
+    parts = [t.notes.numpy() for t in score.tracks if not t.is_drum and len(t.notes)] or [empty]
+    start = np.concatenate([p["time"] for p in parts]).astype(np.float64)
+    end = start + np.concatenate([p["duration"] for p in parts])
+    pitch = np.concatenate([p["pitch"] for p in parts]).astype(np.float64)
+    # One collection of rectangles (N, 4 corners, xy) draws thousands of notes in one call,
+    # where a bar per note would take seconds.
+    low, high = pitch - 0.4, pitch + 0.4
+    corners = np.stack([np.stack(c, axis=1) for c in ((start, low), (end, low), (end, high), (start, high))], axis=1)
+    fig, ax = plt.subplots(figsize=(12, 4))
+    ax.add_collection(PolyCollection(corners, facecolors="tab:blue", edgecolors="none"))
+    if len(pitch):
+        ax.set_xlim(0, max(float(end.max()), 1e-3))
+        ax.set_ylim(pitch.min() - 2, pitch.max() + 2)
+    ax.set_title(title or f"Piano roll: {Path(midi_path).name}")
+    ax.set_xlabel("time (seconds)")
+    ax.set_ylabel("MIDI pitch")
+    ax.grid(axis="y", alpha=0.3)
+    save_figure(fig, png_path)

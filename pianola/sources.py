@@ -8,11 +8,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from pianola.errors import PianolaError
@@ -48,6 +49,10 @@ class SourceItem:
     composer: str | None = None
     license: str | None = None
     rejected: str | None = None  # a reason known before reading: a symlink, a directory, ...
+
+    def __post_init__(self) -> None:
+        if self.read is None and self.rejected is None:
+            raise ValueError(f"source item {self.name!r} has neither a way to read it nor a rejection reason")
 
     @classmethod
     def reject(cls, name: str, source: str, reason: str) -> SourceItem:
@@ -115,7 +120,7 @@ class FolderSource(Source):
 class Music21Source(Source):
     """Works bundled with music21 (offline), converted to MIDI by music21's own MIDI writer."""
 
-    def __init__(self, composers: list[str], *, workers: int = 2):
+    def __init__(self, composers: list[str], *, workers: int = min(4, os.cpu_count() or 1)):
         from music21 import common, corpus  # music21 takes a second to import: only when used
 
         self.spec = MUSIC21_PREFIX + ",".join(composers)
@@ -139,14 +144,16 @@ class Music21Source(Source):
         return len(self._works)
 
     def items(self) -> Iterator[SourceItem]:
-        if self.workers <= 1:
+        # music21 needs ~0.3 s of CPU per chorale, so worker processes cut a full run by about the
+        # number of workers. Forked, not spawned: spawn re-runs the caller's main script in every
+        # worker (a script without a __main__ guard would loop) and re-imports music21 (~1 s each).
+        # Forking is only safe without other threads, whose locks a child could inherit held.
+        if self.workers <= 1 or threading.active_count() > 1:
             for composer, path in self._works:
                 yield self._item(composer, path, lambda path=path: _unwrap(music21_to_midi(str(path))))
             return
-        # music21 needs ~0.3 s of CPU per chorale, so a pool of workers roughly halves a full run.
-        # Spawned (not forked) workers: the parent may hold threads (the progress bar) or TensorFlow.
         # Only 2 tasks per worker run ahead, so a small `limit` wastes little work when ingest stops early.
-        with multiprocessing.get_context("spawn").Pool(self.workers) as pool:
+        with multiprocessing.get_context("fork").Pool(self.workers) as pool:
             works = iter(self._works)
             pending: deque = deque()
 

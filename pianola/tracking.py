@@ -174,3 +174,14 @@ def promote(midi_dir: str | os.PathLike, pieces: list[str] | None = None) -> Pro
     if promoted:
         client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, candidate)
     return Promotion(candidate, champion, candidate_ce, champion_ce, promoted)
+
+
+def log_generation(out_dir: Path, settings: dict, summary: dict) -> str:
+    """An MLflow run holding a generated batch: its settings, summary metrics, MIDI, WAV and PNG files."""
+    setup()
+    with mlflow.start_run(run_name=f"generate-{settings.get('strategy', '')}") as run:
+        mlflow.set_tag("pianola.kind", "generation")
+        mlflow.log_params({k: v for k, v in settings.items()})
+        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
+        mlflow.log_artifacts(str(out_dir), artifact_path="pieces")
+    return run.info.run_id

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import random
 import struct
 import time
@@ -22,7 +21,7 @@ from conftest import make_midi, scale_notes
 from pianola import io
 from pianola.errors import PianolaError
 from pianola.ingest import MANIFEST, ingest, safe_name
-from pianola.sources import Source, SourceItem, SourceReadError, open_source
+from pianola.sources import Music21Source, Source, SourceItem, SourceReadError, music21_to_midi, open_source
 from pianola.validate import validate_midi
 
 END_OF_TRACK = bytes.fromhex("00 ff 2f 00")
@@ -238,7 +237,8 @@ def test_nothing_valid_raises_and_names_the_reasons(tmp_path: Path):
         ingest(str(src), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
-    (src / "a.mid").unlink(), (src / "b.mid").unlink(), (src / "c.mid").unlink()
+    for path in src.iterdir():
+        path.unlink()
     with pytest.raises(PianolaError, match="holds no MIDI files"):
         ingest(str(src), tmp_path / "out", progress=False)
 
@@ -418,3 +418,19 @@ def test_validation_is_linear_in_file_size(tmp_path: Path):
     start = time.perf_counter()
     assert validate_midi(data, max_bytes=4_000_000) is None
     assert time.perf_counter() - start < 2.0
+
+
+def test_music21_workers_and_in_process_conversion_agree(tmp_path: Path):
+    pooled = ingest(Music21Source(["bach"], workers=2), tmp_path / "pooled", limit=2, progress=False)
+    serial = ingest(Music21Source(["bach"], workers=1), tmp_path / "serial", limit=2, progress=False)
+    assert [e["sha256"] for e in pooled.entries] == [e["sha256"] for e in serial.entries]
+
+
+def test_music21_work_that_cannot_convert_is_a_reason_not_a_crash():
+    """bwv277.krn has malformed repeats: the one chorale of music21:bach that music21 cannot write as MIDI."""
+    from music21 import corpus
+
+    [broken] = [p for p in corpus.getComposer("bach", fileExtensions=("krn",)) if p.name == "bwv277.krn"]
+    data, reason = music21_to_midi(str(broken))
+    assert data is None
+    assert reason.startswith("music21 could not convert: ExpanderException")

@@ -1,0 +1,281 @@
+"""Generation: a primer -> N new token sequences, sampled step by step, then MIDI.
+
+`lstm` carries its recurrent state (constant work per token) in NumPy, all pieces in one batch;
+the paper's models keep their sliding window of 100 tokens, batched across pieces.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pianola.bundle import Bundle
+from pianola.errors import PianolaError
+
+STRATEGIES = ("greedy", "temperature", "top_k", "top_p")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is drawn from the model's distribution."""
+
+    strategy: str = "top_p"
+    temperature: float = 1.0
+    top_k: int = 20
+    top_p: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise PianolaError(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+        if self.temperature <= 0:
+            raise PianolaError(f"temperature must be positive, got {self.temperature}")
+        if self.top_k < 1:
+            raise PianolaError(f"top-k must be at least 1, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise PianolaError(f"top-p must be in (0, 1], got {self.top_p}")
+
+
+def sample_next(probs: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> np.ndarray:
+    """(B,) token ids drawn from (B, V) probabilities; `<unk>` (id 0) is never drawn."""
+    p = np.asarray(probs, dtype=np.float64).copy()  # (B, V)
+    p[:, 0] = 0.0
+    if sampling.strategy == "greedy":
+        return p.argmax(axis=1)
+    if sampling.temperature != 1.0:
+        p = np.power(np.maximum(p, 1e-300), 1.0 / sampling.temperature) * (p > 0)
+    if sampling.strategy == "top_k":
+        k = min(sampling.top_k, p.shape[1])
+        kth = -np.partition(-p, k - 1, axis=1)[:, k - 1 : k]  # (B, 1): the k-th largest
+        p = np.where(p >= kth, p, 0.0)
+    elif sampling.strategy == "top_p":
+        order = np.argsort(-p, axis=1)  # (B, V), most likely first
+        sorted_p = np.take_along_axis(p, order, axis=1)
+        cumulative = np.cumsum(sorted_p, axis=1) / sorted_p.sum(axis=1, keepdims=True)
+        # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is short of it.
+        keep_sorted = (cumulative - sorted_p / sorted_p.sum(axis=1, keepdims=True)) < sampling.top_p
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=1)
+        p = np.where(keep, p, 0.0)
+    cumulative = np.cumsum(p, axis=1)  # (B, V)
+    draws = rng.random(len(p)) * cumulative[:, -1]  # (B,)
+    return np.minimum((cumulative < draws[:, None]).sum(axis=1), p.shape[1] - 1)
+
+
+class LSTMStepper:
+    """The `lstm` model's forward pass for one token, in NumPy, carrying (h, c) for every layer.
+
+    Generation is a long chain of tiny steps, where a framework's per-call overhead costs more
+    than the arithmetic; a NumPy step is a few matrix products. Tested against the Keras step model.
+    """
+
+    def __init__(self, model) -> None:
+        import keras
+
+        self.embedding = np.asarray(model.get_layer("embed").embeddings, dtype=np.float32)  # (V, E)
+        self.layers = []
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.LSTM):
+                kernel, recurrent, bias = (np.asarray(w, dtype=np.float32) for w in layer.get_weights())
+                # One product per step: [x, h] @ [[kernel], [recurrent]]  -> (B, 4H), gates i, f, c, o.
+                self.layers.append((np.concatenate([kernel, recurrent]), bias, layer.units))
+        dense = model.get_layer("logits")
+        self.out_kernel, self.out_bias = (np.asarray(w, dtype=np.float32) for w in dense.get_weights())
+
+    def zero_state(self, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(np.zeros((batch, units), np.float32), np.zeros((batch, units), np.float32)) for _, _, units in self.layers]
+
+    def step(self, ids: np.ndarray, state: list[tuple[np.ndarray, np.ndarray]]):
+        """Feed (B,) ids: (probs of the next token (B, V), the new state)."""
+        x = self.embedding[ids]  # (B, E)
+        new_state = []
+        for (weights, bias, units), (h, c) in zip(self.layers, state):
+            z = np.concatenate([x, h], axis=1) @ weights + bias  # (B, 4H)
+            i = _sigmoid(z[:, :units])
+            f = _sigmoid(z[:, units : 2 * units])
+            g = np.tanh(z[:, 2 * units : 3 * units])
+            o = _sigmoid(z[:, 3 * units :])
+            c = f * c + i * g  # (B, H)
+            h = o * np.tanh(c)  # (B, H)
+            new_state.append((h, c))
+            x = h
+        logits = x @ self.out_kernel + self.out_bias  # (B, V)
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True), new_state
+
+    def run(self, primers: np.ndarray):
+        """Feed (B, T) primers: (probs after the last token, state)."""
+        state = self.zero_state(len(primers))
+        probs = None
+        for t in range(primers.shape[1]):
+            probs, state = self.step(primers[:, t], state)
+        return probs, state
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # = 1 / (1 + e^-x), without overflow
+
+
+def generate_ids(bundle: Bundle, primers: np.ndarray, length: int, sampling: Sampling, seed: int) -> np.ndarray:
+    """(B, length) new token ids continuing each of the (B, window) primers."""
+    rng = np.random.default_rng(seed)
+    batch = len(primers)
+    out = np.zeros((batch, length), dtype=np.int32)
+    if bundle.input_kind == "tokens":
+        stepper = LSTMStepper(bundle.model)
+        probs, state = stepper.run(primers)
+        for t in range(length):
+            out[:, t] = sample_next(probs, sampling, rng)
+            probs, state = stepper.step(out[:, t], state)
+        return out
+    from pianola.evaluate import next_token_probs
+
+    window = np.array(primers, dtype=np.int32)  # (B, T): slides by one token per step, as the paper did
+    for t in range(length):
+        out[:, t] = sample_next(next_token_probs(bundle, window), sampling, rng)
+        window = np.concatenate([window[:, 1:], out[:, t : t + 1]], axis=1)
+    return out
+
+
+def random_primers(bundle: Bundle, corpus_dir: str | os.PathLike, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """n random windows of the training corpus (validation pieces excluded), as the paper primed."""
+    from pianola.corpus import midi_files
+    from pianola.evaluate import encode_midi
+
+    held_out = set(bundle.info.get("valid_pieces", []))
+    names = [p.name for p in midi_files(corpus_dir) if p.name not in held_out]
+    split = encode_midi(bundle, corpus_dir, names)
+    starts = split.window_starts(bundle.window - 1)  # windows of `window` tokens
+    if not len(starts):
+        raise PianolaError(f"{corpus_dir}: no training piece is longer than the model's window ({bundle.window} tokens)")
+    picked = np.random.default_rng(seed).choice(starts, size=n, replace=len(starts) < n)
+    piece_of = np.searchsorted(split.offsets, picked, side="right") - 1
+    primers = split.windows(picked, bundle.window - 1)  # (n, window)
+    return primers, [f"{split.pieces[i]}@{int(s - split.offsets[i])}" for i, s in zip(piece_of, picked)]
+
+
+def file_primer(bundle: Bundle, midi: str | os.PathLike, n: int) -> tuple[np.ndarray, list[str]]:
+    """The first `window` tokens of a MIDI file (fewer: left-padded by repeating its start), for n pieces."""
+    path = Path(midi)
+    try:
+        tokens = bundle.tokenizer.encode(path)
+    except PianolaError:
+        raise
+    except Exception as e:
+        raise PianolaError(f"{path}: cannot be used as a primer ({e})") from e
+    if not tokens:
+        raise PianolaError(f"{path}: has no notes to prime with")
+    ids = bundle.vocab.encode(tokens[: bundle.window])
+    if len(ids) < bundle.window:
+        ids = np.resize(ids, bundle.window)  # repeats the opening: the models expect a full window
+    return np.repeat(ids[None, :], n, axis=0), [f"{path.name}@0"] * n
+
+
+@dataclass
+class GeneratedPiece:
+    name: str
+    primer: str  # where the primer came from: "piece.mid@offset"
+    tokens: list[str]
+    midi: Path
+    piano_roll: Path
+    wav: Path | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+def corpus_reference_of(bundle: Bundle, corpus_dir: str | os.PathLike):
+    """The music-metrics reference of the training pieces of `corpus_dir` (validation pieces left out)."""
+    from pianola.corpus import midi_files
+    from pianola.music_metrics import corpus_reference, load_notes
+
+    held_out = set(bundle.info.get("valid_pieces", []))
+    return corpus_reference({p.name: load_notes(p) for p in midi_files(corpus_dir) if p.name not in held_out})
+
+
+def summarize(pieces: list[GeneratedPiece]) -> dict:
+    """Batch-level figures of the per-piece metrics (for metrics/generate.json and MLflow)."""
+    def values(key: str) -> list[float]:
+        return [p.metrics[key] for p in pieces if p.metrics.get(key) is not None]
+
+    repeats = values("longest_repeat_fraction")
+    within = values("pitch_class_distance_within_corpus")
+    return {
+        "pieces": len(pieces),
+        "longest_repeat_fraction_max": max(repeats, default=None),
+        "longest_repeat_fraction_mean": round(float(np.mean(repeats)), 4) if repeats else None,
+        "pieces_looping_over_quarter": sum(r > 0.25 for r in repeats),
+        "pitch_class_distance_mean": round(float(np.mean(values("pitch_class_distance"))), 4) if within else None,
+        "pieces_within_corpus_spread": int(sum(within)),
+        "scale_consistency_mean": round(float(np.mean(values("scale_consistency"))), 4) if values("scale_consistency") else None,
+        "distinct_4gram_ratio_mean": round(float(np.mean(values("distinct_4gram_ratio"))), 4) if values("distinct_4gram_ratio") else None,
+        "polyphony_mean": round(float(np.mean(values("polyphony_mean"))), 4) if values("polyphony_mean") else None,
+    }
+
+
+def generate_pieces(
+    bundle: Bundle,
+    out_dir: str | os.PathLike,
+    *,
+    n: int,
+    length: int,
+    sampling: Sampling,
+    seed: int,
+    primer: str = "random",
+    corpus_dir: str | os.PathLike = "data/raw",
+    tempo_qpm: float = 120.0,
+    wav: bool = False,
+    soundfont: str | None = None,
+) -> list[GeneratedPiece]:
+    """Generate n pieces of `length` tokens into `out_dir`: MIDI, piano-roll PNG, metrics, and WAV when asked."""
+    from pianola.midi import write_score
+    from pianola.music_metrics import load_notes, piece_metrics
+    from pianola.plots import piano_roll
+
+    if n < 1 or length < 1:
+        raise PianolaError(f"--n and --length must be at least 1 (got {n} and {length})")
+    if wav:
+        from pianola.render import find_fluidsynth, find_soundfont
+
+        find_fluidsynth()  # fail before generating, not after
+        soundfont = str(find_soundfont(soundfont))
+    out_dir = Path(out_dir)
+    if primer == "random":
+        primers, origins = random_primers(bundle, corpus_dir, n, seed)
+    else:
+        primers, origins = file_primer(bundle, primer, n)
+    ids = generate_ids(bundle, primers, length, sampling, seed)
+    reference = corpus_reference_of(bundle, corpus_dir)
+    tokenizer = bundle.tokenizer
+    pieces = []
+    for i, row in enumerate(ids):
+        name = f"piece_{i:03d}"
+        tokens = bundle.vocab.decode(row)
+        piece = GeneratedPiece(name, origins[i], tokens, out_dir / f"{name}.mid", out_dir / f"{name}.png")
+        write_score(tokenizer.decode(tokens, tempo_qpm=tempo_qpm), piece.midi)
+        piano_roll(piece.midi, piece.piano_roll, title=f"{name} (primer {piece.primer})")
+        piece.metrics = piece_metrics(tokens, load_notes(piece.midi), reference=reference)
+        if wav:
+            from pianola.render import render_wav
+
+            piece.wav = render_wav(piece.midi, out_dir / f"{name}.wav", soundfont=soundfont)
+        pieces.append(piece)
+    return pieces
+
+
+def write_report(pieces: list[GeneratedPiece], out_dir: str | os.PathLike, settings: dict,
+                 metrics_path: str | os.PathLike | None = None) -> dict:
+    """generation.json in `out_dir` (settings, per-piece metrics) and the batch summary, also to `metrics_path`."""
+    from pianola.io import atomic_write_json
+
+    summary = summarize(pieces)
+    atomic_write_json(Path(out_dir) / "generation.json", {
+        "settings": settings,
+        "summary": summary,
+        "pieces": [{"name": p.name, "primer": p.primer, "midi": p.midi.name, "wav": p.wav.name if p.wav else None,
+                    "metrics": p.metrics} for p in pieces],
+    })
+    if metrics_path:
+        atomic_write_json(metrics_path, summary)
+    return summary

@@ -1,0 +1,541 @@
+"""The `paper` tokenizer: the paper's note/chord tokens, read with symusic instead of music21.
+
+First stage of the pipeline (MIDI corpus -> tokens.jsonl -> training sequences); `decode` turns
+generated tokens back into a MIDI score the way the paper did.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import symusic
+
+from pianola.errors import PianolaError
+from pianola.tokenizers.base import Tokenizer
+from pianola.tokenizers.normal_order import normal_order_table
+
+# music21 spells a MIDI pitch with these names (sharps except E-flat and B-flat), octave 4 = MIDI 60.
+_PITCH_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B")
+NOTE_TOKENS: tuple[str, ...] = tuple(f"{_PITCH_NAMES[p % 12]}{p // 12 - 1}" for p in range(128))
+_NOTE_PITCHES = {token: pitch for pitch, token in enumerate(NOTE_TOKENS)}
+_NOTE_TOKEN_ARRAY = np.array(NOTE_TOKENS, dtype=object)
+
+# decode: the paper wrote one token every half quarter note, and music21's defaults fill the rest.
+DECODE_TICKS_PER_QUARTER = 480
+DECODE_STEP_TICKS = DECODE_TICKS_PER_QUARTER // 2
+CHORD_BASE_PITCH = 60  # note.Note(pc) is a pitch class in octave 4 (C4 = MIDI 60)
+DECODE_VELOCITY = 90  # music21's velocity for notes it writes without one
+PIANO_PROGRAM = 0
+
+MUSIC21_SMPTE_TICKS_PER_QUARTER = 10080  # music21 keeps its default resolution for SMPTE-timed files
+_DEFAULT_METER = (4, 4)  # music21 assumes 4/4 wherever no time signature is in force
+_BIG = 1 << 40  # rank offset between classes of sort keys; larger than any tick or index
+
+
+def _music21_round7(x: np.ndarray) -> np.ndarray:
+    # music21 rounds quantization errors to 7 decimals, which makes near-equal errors tie
+    return np.round(x, 7)
+
+
+def _nearest_multiple(n: np.ndarray, unit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """music21's common.nearestMultiple, vectorised with the same float operations.
+
+    Returns (match, multiple, error): halfway values go down, as in music21.
+    """
+    mult = np.floor(n / unit)
+    low = unit * mult
+    use_low = n <= low + unit / 2.0
+    k = np.where(use_low, mult, mult + 1.0)
+    match = unit * k
+    error = _music21_round7(np.where(use_low, n - low, match - n))
+    return match, k.astype(np.int64), error
+
+
+def quantize_offsets(ticks: np.ndarray, tpq: int) -> np.ndarray:
+    """Onsets in ticks -> music21's quantized offsets, in twelfths of a quarter.
+
+    music21 (Stream.quantize with quarterLengthDivisors (4, 3)) snaps each offset to the nearest
+    sixteenth or eighth-note triplet; on equal error the sixteenth wins.
+    """
+    n = ticks / tpq
+    _, k4, e4 = _nearest_multiple(n, 1 / 4)
+    _, k3, e3 = _nearest_multiple(n, 1 / 3)
+    return np.where(e4 <= e3, 3 * k4, 4 * k3)
+
+
+def quantize_durations(
+    ticks: np.ndarray, tpq: int, gap_twelfths: np.ndarray, has_gap: np.ndarray
+) -> np.ndarray:
+    """Durations in ticks -> music21's quantized durations, in twelfths of a quarter.
+
+    As in music21's Stream.quantize: a note never shrinks to zero (it gets one grid step), a grace
+    note (zero ticks) stays zero, and a grid whose choice leaves less of the gap to the next onset
+    unfilled wins before the smaller error does.
+    """
+    ql = ticks / tpq
+    gap = gap_twelfths / 12.0
+    best: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for divisor in (4, 3):
+        unit = 1.0 / divisor
+        match, k, error = _nearest_multiple(ql, unit)
+        zero = k == 0
+        k = np.where(zero, 1, k)
+        match = np.where(zero, unit, match)
+        error = np.where(zero, np.abs(_music21_round7(ql - unit)), error)
+        # music21 tests `gap % tick == 0` in floats, so thirds of a quarter sometimes miss
+        fills = ~has_gap | (np.fmod(gap, unit) == 0)
+        remaining = np.where(fills, 0.0, np.maximum(gap - match, 0.0))
+        best.append((remaining, error, k * (12 // divisor)))
+    (r4, e4, q4), (r3, e3, q3) = best
+    use4 = (r4 < r3) | ((r4 == r3) & (e4 <= e3))
+    return np.where(ticks == 0, 0, np.where(use4, q4, q3))
+
+
+@dataclass
+class _Track:
+    """The notes of one MIDI track (one music21 Part), in music21's order: by onset, then file order."""
+
+    on: np.ndarray  # onset ticks
+    off: np.ndarray  # offset ticks, paired with note-ons the way music21 pairs them
+    pitch: np.ndarray
+    drum: np.ndarray  # on MIDI channel 10: music21 makes these Unpitched, the paper skips them
+    meta_ticks: np.ndarray  # times of time/key signatures and tempos, which music21 keeps in the Part
+    meters: list[tuple[int, int, int]]  # (tick, numerator, denominator) of this track's time signatures
+
+
+@dataclass
+class _Elements:
+    """Notes and chords of one Part, in the order music21 creates them."""
+
+    first: np.ndarray  # index of the first (onset-defining) note
+    last: np.ndarray  # index of the last note gathered: music21 takes the chord's duration from it
+    mask: np.ndarray  # pitch-class set (12-bit) of the chord
+    size: np.ndarray  # notes gathered (1 = a Note)
+    drum: np.ndarray
+    voices_required: bool  # music21 found same-onset notes with different ends: makes Voices
+
+
+def _read_tracks(path: str | os.PathLike) -> tuple[int, list[bytes]]:
+    """Ticks per quarter as music21 reads them, and each MTrk chunk as a one-track MIDI file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise PianolaError(f"{path}: cannot read the MIDI file ({e.strerror or e})") from e
+    if len(data) < 14 or data[:4] != b"MThd":
+        raise PianolaError(f"{path}: not a MIDI file (it does not start with an MThd header)")
+    header_length = int.from_bytes(data[4:8], "big")
+    n_tracks = int.from_bytes(data[10:12], "big")
+    division = int.from_bytes(data[12:14], "big")
+    tpq = MUSIC21_SMPTE_TICKS_PER_QUARTER if division & 0x8000 else division
+    if tpq == 0:
+        raise PianolaError(f"{path}: the MIDI header gives 0 ticks per quarter note")
+    # each track becomes its own file: symusic splits tracks by channel, music21 does not
+    header = b"MThd\x00\x00\x00\x06\x00\x00\x00\x01" + data[12:14]
+    chunks = []
+    pos = 8 + header_length
+    for index in range(n_tracks):
+        if data[pos : pos + 4] != b"MTrk":
+            raise PianolaError(f"{path}: track {index} of {n_tracks} is missing (no MTrk chunk)")
+        end = pos + 8 + int.from_bytes(data[pos + 4 : pos + 8], "big")
+        if end > len(data):
+            raise PianolaError(f"{path}: track {index} is truncated")
+        chunks.append(header + data[pos:end])
+        pos = end
+    return tpq, chunks
+
+
+def _parse_track(chunk: bytes, path: str | os.PathLike, index: int) -> _Track:
+    try:
+        score = symusic.Score.from_midi(chunk)
+    except Exception as e:  # symusic raises bare RuntimeErrors on malformed events
+        raise PianolaError(f"{path}: track {index} cannot be parsed: {e}") from e
+    ons, ends, pitches, drums, keys = [], [], [], [], []
+    for channel_key, track in enumerate(score.tracks):
+        notes = track.notes.numpy()
+        if not len(notes["time"]):
+            continue
+        on = notes["time"].astype(np.int64)
+        ons.append(on)
+        ends.append(on + notes["duration"])
+        pitches.append(notes["pitch"].astype(np.int64))
+        drums.append(np.full(len(on), track.is_drum))
+        keys.append(np.full(len(on), channel_key, dtype=np.int64))
+    meta_ticks = np.concatenate(
+        [
+            score.time_signatures.numpy()["time"],
+            score.key_signatures.numpy()["time"],
+            score.tempos.numpy()["time"],
+        ]
+    ).astype(np.int64)
+    meters = [(ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures]
+    if not ons:
+        empty = np.zeros(0, dtype=np.int64)
+        return _Track(empty, empty, empty, empty.astype(bool), meta_ticks, meters)
+    on = np.concatenate(ons)
+    end = np.concatenate(ends)
+    pitch = np.concatenate(pitches)
+    key = np.concatenate(keys) * 128 + pitch
+    # music21 ends a note at the first note-off of its pitch after it, even when an earlier
+    # note-on of that pitch is still sounding (symusic pairs first-in first-out instead)
+    by_end = np.lexsort((end, key))
+    sorted_keys = key[by_end] << 32 | end[by_end]
+    nearest = np.minimum(np.searchsorted(sorted_keys, key << 32 | on, side="right"), len(on) - 1)
+    off = np.where(end == on, on, end[by_end][nearest])
+    order = np.argsort(on, kind="stable")
+    return _Track(on[order], off[order], pitch[order], np.concatenate(drums)[order], meta_ticks, meters)
+
+
+def _gather_chords(track: _Track, tpq: int) -> _Elements:
+    """music21's chord gathering (midi.translate.midiTrackToStream), for one track.
+
+    Walking notes by onset, a note not yet gathered starts a chord and takes every following note
+    whose onset lies less than a sixteenth (tpq/4 ticks) after its own and whose end lies within a
+    sixteenth of its own end; a note in that window with another end is left for later, and makes
+    music21 split that part's measures into voices.
+    """
+    on, off = track.on, track.off
+    n = len(on)
+    bit = np.left_shift(1, track.pitch % 12)
+    # 4 * ticks compared with tpq: the tolerance tpq / 4 without floats
+    new_cluster = np.ones(n, dtype=bool)
+    new_cluster[1:] = 4 * np.diff(on) >= tpq
+    starts = np.flatnonzero(new_cluster)
+    cluster = np.cumsum(new_cluster) - 1
+    with_first = (4 * (on - on[starts][cluster]) < tpq) & (
+        4 * np.abs(off - off[starts][cluster]) <= tpq
+    )
+    # a cluster whose notes all chord with its first note is one element: the common case
+    simple = np.logical_and.reduceat(with_first, starts)
+    ends = np.append(starts[1:], n)
+    s_first = starts[simple]
+    s_last = ends[simple] - 1
+    s_mask = np.bitwise_or.reduceat(bit, starts)[simple]
+    s_drum = np.logical_or.reduceat(track.drum, starts)[simple]
+    first, last, mask, drum = [s_first], [s_last], [s_mask], [s_drum]
+    voices_required = False
+    c_first: list[int] = []
+    c_last: list[int] = []
+    c_mask: list[int] = []
+    c_drum: list[bool] = []
+    c_size: list[int] = []
+    on_l, off_l, bit_l, drum_l = on.tolist(), off.tolist(), bit.tolist(), track.drum.tolist()
+    for start, end in zip(starts[~simple].tolist(), ends[~simple].tolist(), strict=True):
+        gathered = set()
+        for i in range(start, end):
+            if i in gathered:
+                continue
+            members = [i]
+            for j in range(i + 1, end):
+                if 4 * (on_l[j] - on_l[i]) >= tpq:
+                    break
+                if 4 * abs(off_l[j] - off_l[i]) > tpq:
+                    voices_required = True
+                    continue
+                # music21 does not skip a note already gathered by an earlier chord here
+                members.append(j)
+                gathered.add(j)
+            c_first.append(i)
+            c_last.append(members[-1])
+            m = 0
+            for k in members:
+                m |= bit_l[k]
+            c_mask.append(m)
+            c_drum.append(any(drum_l[k] for k in members))
+            c_size.append(len(members))
+    first.append(np.array(c_first, dtype=np.int64))
+    last.append(np.array(c_last, dtype=np.int64))
+    mask.append(np.array(c_mask, dtype=np.int64))
+    drum.append(np.array(c_drum, dtype=bool))
+    size = np.concatenate([ends[simple] - starts[simple], np.array(c_size, dtype=np.int64)])
+    first_all = np.concatenate(first)
+    order = np.argsort(first_all, kind="stable")
+    return _Elements(
+        first=first_all[order],
+        last=np.concatenate(last)[order],
+        mask=np.concatenate(mask)[order],
+        size=size[order],
+        drum=np.concatenate(drum)[order],
+        voices_required=voices_required,
+    )
+
+
+def _barlines(meters: list[tuple[int, int, int]], horizon: int, units: int) -> np.ndarray:
+    """Measure starts (in `units` per quarter) as music21's makeMeasures lays them out.
+
+    `meters` are (offset in units, numerator, denominator); a time signature takes effect at the
+    first measure that starts at or after it, and 4/4 holds before the first one.
+    """
+    changes = sorted(((o, n, d) for o, n, d in meters if n > 0 and d > 0), key=lambda m: m[0])
+    if not changes or changes[0][0] > 0:
+        changes.insert(0, (0, *_DEFAULT_METER))
+    bars = []
+    start = 0
+    for index, (_, numerator, denominator) in enumerate(changes):
+        length = numerator * 4 * units // denominator
+        if index + 1 < len(changes):
+            if changes[index + 1][0] <= start:
+                continue  # superseded before any measure started under it
+            stop = changes[index + 1][0]
+        else:
+            stop = horizon + 1
+        count = -(-(stop - start) // length)
+        bars.append(start + length * np.arange(count, dtype=np.int64))
+        start += length * count
+    bars.append(np.array([start], dtype=np.int64))
+    return np.concatenate(bars)
+
+
+def _first_fit_voices(starts: list[int], ends: list[int]) -> list[int]:
+    """music21's makeVoices: each note (in order) goes to the first voice free at its start."""
+    voice_ends: list[int] = []
+    voices = []
+    for start, end in zip(starts, ends, strict=True):
+        for v, voice_end in enumerate(voice_ends):
+            if voice_end <= start:
+                voice_ends[v] = max(voice_end, end)
+                voices.append(v)
+                break
+        else:
+            voice_ends.append(end)
+            voices.append(len(voice_ends) - 1)
+    return voices
+
+
+@dataclass
+class _Pieces:
+    """Every note/chord music21 ends up with for one Part (ties split notes at barlines)."""
+
+    element: np.ndarray  # which element each piece belongs to
+    offset: np.ndarray  # in units per quarter
+    grace: np.ndarray
+    rank: np.ndarray  # order among this Part's pieces at the same offset
+
+
+def _split_at_barlines(
+    offset: np.ndarray, duration: np.ndarray, grace: np.ndarray, bars: np.ndarray, voices: bool
+) -> _Pieces:
+    """music21's makeVoices + makeTies for one Part: which pieces exist and how they are ordered.
+
+    A note crossing a barline is split there; the rest goes to the next measure, after that
+    measure's own notes at its start. When the Part needs voices, each measure with overlapping
+    notes gets them (first fit, in order). makeTies then walks only the voices of a voiced
+    measure, so a rest left loose beside them is not split again; a piece from a measure without
+    voices joins the first voice of a voiced next measure (ahead of its other voices' notes), and
+    a piece from a voiced measure moves a next measure without voices into one voice.
+    """
+    n = len(offset)
+    end = offset + duration
+    measure = np.searchsorted(bars, offset, side="right") - 1
+    end_measure = np.searchsorted(bars, end, side="left") - 1  # the measure holding the end
+    rank = np.arange(n, dtype=np.int64) + _BIG
+    crossing = np.flatnonzero(end_measure > measure)
+    if not len(crossing):
+        return _Pieces(np.arange(n), offset, grace, rank)
+
+    made_voices = np.zeros(len(bars) + 1, dtype=bool)
+    if voices:
+        # a measure needs voices when two of its notes overlap (ends touching starts do not count)
+        by_span = np.lexsort((end, offset, measure))
+        m_sorted = measure[by_span]
+        overlap = (m_sorted[1:] == m_sorted[:-1]) & (offset[by_span][1:] < end[by_span][:-1])
+        made_voices[m_sorted[1:][overlap]] = True
+    has_voices = made_voices.copy()  # grows as makeTies moves notes into voices
+
+    voice_of: dict[int, int] = {}
+
+    def assign_voices(m: int) -> None:
+        members = np.flatnonzero(measure == m)
+        members = members[np.lexsort((members, ~grace[members], offset[members]))]
+        found = _first_fit_voices(offset[members].tolist(), end[members].tolist())
+        voice_of.update(zip(members.tolist(), found, strict=True))
+
+    originals: dict[int, list[int]] = {}
+    for e in crossing.tolist():
+        originals.setdefault(int(measure[e]), []).append(e)
+    # pieces that arrived in a measure: (element, end, sequence number, walked by makeTies)
+    arrived: dict[int, list[tuple[int, int, int, bool]]] = {}
+    voice_zero_arrivals: set[int] = set()
+    piece_element: list[int] = []
+    piece_offset: list[int] = []
+    piece_rank: list[int] = []
+    pending = sorted(originals)
+    heapq.heapify(pending)
+    while pending:
+        m = heapq.heappop(pending)
+        if pending and pending[0] == m:
+            continue
+        bar_end = int(bars[m + 1])
+        # (walk order key, element, end) of what makeTies looks at in measure m
+        walk: list[tuple[tuple[int, int, int, int], int, int]] = []
+        own = originals.get(m, [])
+        if made_voices[m] and len(own) + len(arrived.get(m, [])) > 1:
+            assign_voices(m)
+        for e in own:
+            walk.append(((voice_of.get(e, 0), int(offset[e]), 0, e), e, int(end[e])))
+        for e, piece_end, seq, walked in arrived.get(m, []):
+            if walked:
+                walk.append(((0, int(bars[m]), 1, seq), e, piece_end))
+        walk.sort()
+        to_next = [(e, piece_end) for _, e, piece_end in walk if piece_end > bar_end]
+        if not to_next:
+            continue
+        nxt = m + 1
+        if has_voices[m]:
+            walked = not made_voices[nxt]  # loose beside made voices, or all moved into one voice
+            has_voices[nxt] = True
+        else:
+            walked = True
+            if made_voices[nxt]:
+                voice_zero_arrivals.add(nxt)
+        for e, piece_end in to_next:
+            seq = len(piece_element)
+            arrived.setdefault(nxt, []).append((e, piece_end, seq, walked))
+            piece_element.append(e)
+            piece_offset.append(int(bars[nxt]))
+            piece_rank.append(2 * _BIG + seq)
+        heapq.heappush(pending, nxt)
+
+    # pieces in voice 0 of a voiced measure precede the notes of its other voices at its start
+    for m in voice_zero_arrivals:
+        at_start = np.flatnonzero((measure == m) & (offset == bars[m]) & ~grace)
+        rank[at_start[1:]] += 2 * _BIG
+    return _Pieces(
+        element=np.concatenate([np.arange(n), np.array(piece_element, dtype=np.int64)]),
+        offset=np.concatenate([offset, np.array(piece_offset, dtype=np.int64)]),
+        grace=np.concatenate([grace, np.zeros(len(piece_element), dtype=bool)]),
+        rank=np.concatenate([rank, np.array(piece_rank, dtype=np.int64)]),
+    )
+
+
+class PaperTokenizer(Tokenizer):
+    """The paper's encoding: each note of the piece is its pitch name, each chord its normal order.
+
+    encode(path) gives what the paper computed with music21,
+    `converter.parse(path).flatten().notes` mapped to `str(note.pitch)` (`C#4`, `E-5`) or
+    `'.'.join(str(pc) for pc in chord.normalOrder)` (`0.4.7`), over all parts (MIDI tracks) of the
+    file, skipping music21's Unpitched/percussion notes (MIDI channel 10, so drum tracks add
+    nothing). It reproduces music21's MIDI import rather than calling it (~1000x faster):
+    note-off pairing, chord gathering, offset/duration quantization, measures, voices and tied
+    notes split at barlines (each piece is a token), and the flattened order (offset, grace notes
+    first, then track order).
+
+    decode(tokens) does what the paper did with generated tokens: one token every half quarter
+    note; a note token is that pitch, a chord token `a.b.c` a chord of those pitch classes in
+    octave 4 (MIDI 60 + pc, where music21 puts `note.Note(int(pc))`), each lasting half a quarter,
+    on a piano track (program 0) at `tempo_qpm`. Tokens that are neither (`<unk>`, padding) are
+    skipped without taking a time step.
+    """
+
+    name = "paper"
+
+    def encode(self, path: str | os.PathLike) -> list[str]:
+        tpq, chunks = _read_tracks(path)
+        tracks = [_parse_track(chunk, path, index) for index, chunk in enumerate(chunks)]
+        # work in units that hold every grid step: twelfths of a quarter, and the shortest bar unit
+        denominators = [d for t in tracks for _, _, d in t.meters if d > 0]
+        units = 12 * max([1] + [d // 4 for d in denominators])
+        scale = units // 12
+
+        # tracks without notes make music21's conductor part: its time signatures give every
+        # later part's measures (a part with none of those uses its own, else 4/4)
+        conductor: list[tuple[int, int, int]] = []
+        keys: list[np.ndarray] = []
+        tokens: list[np.ndarray] = []
+        part = 0
+        for track in tracks:
+            meters = [
+                (int(q) * scale, n, d)
+                for q, (_, n, d) in zip(
+                    quantize_offsets(np.array([t for t, _, _ in track.meters], dtype=np.int64), tpq),
+                    track.meters,
+                    strict=True,
+                )
+            ]
+            if not len(track.on):
+                conductor.extend(meters)
+                continue
+            pieces, element_tokens, drum = self._encode_part(
+                track, tpq, conductor or meters, scale, units
+            )
+            keep = ~drum[pieces.element]
+            keys.append(
+                np.stack(
+                    [
+                        pieces.offset[keep],
+                        (~pieces.grace[keep]).astype(np.int64),
+                        np.full(int(keep.sum()), part, dtype=np.int64),
+                        pieces.rank[keep],
+                    ]
+                )
+            )
+            tokens.append(element_tokens[pieces.element[keep]])
+            part += 1
+        if not tokens:
+            return []
+        key = np.concatenate(keys, axis=1)
+        order = np.lexsort(key[::-1])
+        return np.concatenate(tokens)[order].tolist()
+
+    @staticmethod
+    def _encode_part(
+        track: _Track, tpq: int, meters: list[tuple[int, int, int]], scale: int, units: int
+    ) -> tuple[_Pieces, np.ndarray, np.ndarray]:
+        elements = _gather_chords(track, tpq)
+        onset = track.on[elements.first]
+        ticks = track.off[elements.last] - track.on[elements.last]
+        grace = ticks == 0
+        offset = quantize_offsets(onset, tpq)
+        # a duration is quantized towards the next later onset in the part (meta events included)
+        points = np.unique(np.concatenate([offset, quantize_offsets(track.meta_ticks, tpq)]))
+        next_index = np.searchsorted(points, offset, side="right")
+        has_gap = next_index < len(points)
+        gap = np.where(has_gap, points[np.minimum(next_index, len(points) - 1)] - offset, 0)
+        duration = quantize_durations(ticks, tpq, gap, has_gap)
+
+        offset_u = offset * scale
+        duration_u = duration * scale
+        horizon = int((offset_u + duration_u).max())
+        bars = _barlines(meters, horizon, units)
+        pieces = _split_at_barlines(offset_u, duration_u, grace, bars, elements.voices_required)
+
+        single = elements.size == 1
+        pitch = track.pitch[elements.first]
+        table = np.asarray(normal_order_table(), dtype=object)
+        element_tokens = np.where(single, _NOTE_TOKEN_ARRAY[pitch], table[elements.mask])
+        return pieces, element_tokens, elements.drum
+
+    def decode(self, tokens: list[str], tempo_qpm: float = 120.0) -> symusic.Score:
+        pitches: list[int] = []
+        times: list[int] = []
+        step = 0
+        for token in tokens:
+            if token in _NOTE_PITCHES:
+                chord = [_NOTE_PITCHES[token]]
+            elif _is_chord_token(token):
+                chord = [CHORD_BASE_PITCH + int(pc) for pc in token.split(".")]
+            else:
+                continue
+            pitches.extend(chord)
+            times.extend([step * DECODE_STEP_TICKS] * len(chord))
+            step += 1
+        score = symusic.Score(DECODE_TICKS_PER_QUARTER)
+        score.tempos.append(symusic.Tempo(0, tempo_qpm))
+        track = symusic.Track(name="piano", program=PIANO_PROGRAM, is_drum=False)
+        n = len(pitches)
+        track.notes = symusic.Note.from_numpy(
+            time=np.array(times, dtype=np.int32),
+            duration=np.full(n, DECODE_STEP_TICKS, dtype=np.int32),
+            pitch=np.array(pitches, dtype=np.int8),
+            velocity=np.full(n, DECODE_VELOCITY, dtype=np.int8),
+        )
+        score.tracks.append(track)
+        return score
+
+
+def _is_chord_token(token: str) -> bool:
+    parts = token.split(".")
+    return all(p.isdigit() and int(p) < 12 for p in parts)
