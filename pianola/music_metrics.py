@@ -195,18 +195,18 @@ class CorpusReference:
 
     pitch_class_histogram: np.ndarray  # (12,) all corpus notes pooled, sums to 1
     distances: dict[str, float]  # each piece's pitch-class distance to the rest of the corpus
-    spread: dict[str, float]  # of `distances`: min, p5 ... p95, max
+    distance_spread: dict[str, float]  # of `distances`: min, p5 ... p95, max
     metrics: dict[str, dict[str, float]]  # spread of the corpus pieces' note metrics, by metric
 
     def within_spread(self, distance: float) -> bool:
         """Whether a piece at `distance` is no farther from the corpus than the corpus's farthest piece."""
-        return distance <= self.spread["max"]
+        return distance <= self.distance_spread["max"]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "pitch_class_histogram": [round(float(x), 6) for x in self.pitch_class_histogram],
-            "distances": self.distances,
-            "spread": self.spread,
+            "distances": {name: round(d, 6) for name, d in self.distances.items()},
+            "distance_spread": self.distance_spread,
             "metrics": self.metrics,
         }
 
@@ -215,27 +215,27 @@ class CorpusReference:
         return cls(
             np.asarray(record["pitch_class_histogram"], dtype=np.float64),
             dict(record["distances"]),
-            dict(record["spread"]),
+            dict(record["distance_spread"]),
             {name: dict(spread) for name, spread in record["metrics"].items()},
         )
 
 
 def corpus_reference(pieces: Mapping[str, np.ndarray]) -> CorpusReference:
     """The reference of a corpus given each piece's notes by name; pieces without notes are left out."""
-    counts = {name: pitch_class_counts(notes) for name, notes in pieces.items() if len(notes)}
-    if not counts:
+    with_notes = {name: notes for name, notes in pieces.items() if len(notes)}
+    if not with_notes:
         raise PianolaError("the corpus has no pitched notes: nothing to compare generated pieces with")
+    counts = {name: pitch_class_counts(notes) for name, notes in with_notes.items()}
     total = np.sum(list(counts.values()), axis=0)
     distances = {}
     for name, own in counts.items():
         rest = total - own
         # A one-piece corpus has no rest: the piece is then compared with itself.
         distances[name] = pitch_class_distance(own, rest if rest.sum() else total)
-    with_notes = [notes for notes in pieces.values() if len(notes)]
     metrics = {
-        "scale_consistency": _spread([scale_consistency(notes)[0] for notes in with_notes]),
-        "polyphony_mean": _spread([float(sounding_at_onsets(notes).mean()) for notes in with_notes]),
-        "pitch_span": _spread([pitch_range(notes)[2] for notes in with_notes]),
+        "scale_consistency": _spread([scale_consistency(notes)[0] for notes in with_notes.values()]),
+        "polyphony_mean": _spread([float(sounding_at_onsets(notes).mean()) for notes in with_notes.values()]),
+        "pitch_span": _spread([pitch_range(notes)[2] for notes in with_notes.values()]),
     }
     return CorpusReference(total / total.sum(), distances, _spread(list(distances.values())), metrics)
 
@@ -258,19 +258,22 @@ def piece_metrics(
         "pitch_min": span[0] if span else None,
         "pitch_max": span[1] if span else None,
         "pitch_span": span[2] if span else None,
-        "polyphony_mean": round(float(sounding.mean()), 4) if len(sounding) else None,
+        "polyphony_mean": _rounded(float(sounding.mean()) if len(sounding) else None),
         "polyphony_max": int(sounding.max()) if len(sounding) else None,
-        "scale_consistency": round(scale[0], 4) if scale else None,
+        "scale_consistency": _rounded(scale[0] if scale else None),
         "scale": scale[1] if scale else None,
-        f"distinct_{n}gram_ratio": distinct_ngram_ratio(tokens, n),
+        f"distinct_{n}gram_ratio": _rounded(distinct_ngram_ratio(tokens, n)),
         "longest_repeat": repeat,
-        "longest_repeat_fraction": round(repeat / len(tokens), 4) if len(tokens) else None,
-        "pitch_class_histogram": [round(float(x), 4) for x in histogram],
+        "longest_repeat_fraction": _rounded(repeat / len(tokens) if len(tokens) else None),
+        "pitch_class_histogram": [_rounded(float(x)) for x in histogram],
     }
     if reference is not None:
         distance = pitch_class_distance(histogram, reference.pitch_class_histogram) if len(notes) else None
-        metrics["pitch_class_distance"] = round(distance, 4) if distance is not None else None
-        metrics["pitch_class_distance_within_corpus"] = (
-            reference.within_spread(distance) if distance is not None else None
-        )
+        metrics["pitch_class_distance"] = _rounded(distance)
+        metrics["pitch_class_distance_within_corpus"] = None if distance is None else reference.within_spread(distance)
     return metrics
+
+
+def _rounded(value: float | None) -> float | None:
+    """`value` to 4 decimals for a report (None stays None)."""
+    return None if value is None else round(value, 4)

@@ -39,6 +39,11 @@ def smf(*tracks: bytes, fmt: int = 1, ntracks: int | None = None, division: int 
     return b"MThd" + struct.pack(">I", header_len) + header + b"".join(tracks)
 
 
+def events(hex_events: str) -> bytes:
+    """A one-track file of the given events (hex), closed by an end-of-track."""
+    return smf(mtrk(bytes.fromhex(hex_events) + END_OF_TRACK))
+
+
 def good_bytes(tmp_path: Path, pitch: int = 60) -> bytes:
     return make_midi(tmp_path / f"scratch-{pitch}.mid", scale_notes(16, start_pitch=pitch)).read_bytes()
 
@@ -68,19 +73,24 @@ BAD_BYTES: list[tuple[str, Callable[[Path], bytes], str]] = [
     ("cut-in-header.mid", lambda t: good_bytes(t)[:11], "truncated: the MThd header is cut at 11 bytes"),
     ("zero-header.mid", lambda t: b"MThd\x00\x00\x00\x00" + mtrk(ONE_NOTE), "bad header length: 0"),
     ("long-header.mid", lambda t: smf(mtrk(ONE_NOTE), header_len=8), "bad header length: 8"),
-    ("beyond.mid", lambda t: smf(mtrk(ONE_NOTE, length=0xFFFF_FF00)), "truncated: chunk 'MTrk' at byte 14 declares 4,294,967,040 bytes"),
-    ("missing-track.mid", lambda t: smf(mtrk(ONE_NOTE), ntracks=2), "truncated: the header declares 2 tracks, the file holds 1"),
-    ("no-notes-meta.mid", lambda t: smf(mtrk(bytes.fromhex("00 ff 03 04") + b"Solo" + END_OF_TRACK)), "no notes"),
+    ("beyond.mid", lambda t: smf(mtrk(ONE_NOTE, length=0xFFFF_FF00)),
+     "truncated: chunk 'MTrk' at byte 14 declares 4,294,967,040 bytes, only 13 remain"),
+    ("missing-track.mid", lambda t: smf(mtrk(ONE_NOTE), ntracks=2),
+     "truncated: the header declares 2 tracks, the file holds 1"),
+    ("no-notes-meta.mid", lambda t: events("00 ff 03 04 53 6f 6c 6f"), "no notes"),  # only a track name
     ("no-notes.mid", lambda t: make_midi(t / "x" / "silent.mid", []).read_bytes(), "no notes"),
-    ("drums.mid", lambda t: make_midi(t / "x" / "drums.mid", scale_notes(8, 36), drum=True).read_bytes(), "only drum notes (channel 10)"),
-    ("velocity200.mid", lambda t: smf(mtrk(bytes.fromhex("00 90 3c c8 83 60 80 3c 00") + END_OF_TRACK)), "corrupt event: data byte 0xc8 > 127 in track 1 at byte 25"),
-    ("orphan-data.mid", lambda t: smf(mtrk(bytes.fromhex("00 3c 40") + END_OF_TRACK)), "corrupt event: data byte 0x3c without a running status"),
-    ("long-vlq.mid", lambda t: smf(mtrk(bytes.fromhex("ff ff ff ff 7f 90 3c 40") + END_OF_TRACK)), "corrupt event: variable-length quantity over 4 bytes"),
-    ("meta-overrun.mid", lambda t: smf(mtrk(bytes.fromhex("00 ff 03 50") + b"abc" + END_OF_TRACK)), "corrupt event: meta event in track 1 at byte 23 declares 80 bytes, past the end of the track"),
+    ("drums.mid", lambda t: make_midi(t / "x" / "drums.mid", scale_notes(8, 36), drum=True).read_bytes(),
+     "only drum notes (channel 10)"),
+    ("velocity200.mid", lambda t: events("00 90 3c c8 83 60 80 3c 00"),
+     "corrupt event: data byte 0xc8 > 127 in track 1 at byte 25"),
+    ("orphan-data.mid", lambda t: events("00 3c 40"), "corrupt event: data byte 0x3c without a running status"),
+    ("long-vlq.mid", lambda t: events("ff ff ff ff 7f 90 3c 40"), "corrupt event: variable-length quantity over 4 bytes"),
+    ("meta-overrun.mid", lambda t: events("00 ff 03 50 61 62 63"),
+     "corrupt event: meta event in track 1 at byte 23 declares 80 bytes, past the end of the track"),
     ("system-status.mid", lambda t: smf(mtrk(bytes.fromhex("00 f4") + ONE_NOTE)), "corrupt event: status 0xf4 is not allowed"),
     ("gzipped.mid", lambda t: gzip.compress(good_bytes(t)), "gzip-compressed data, not MIDI"),
     ("page.mid", lambda t: b"\n<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n", "looks like HTML, not MIDI"),
-    ("score.mid", lambda t: b'<?xml version="1.0"?>\n<score-partwise version="4.0"></score-partwise>', "looks like XML, not MIDI"),
+    ("score.mid", lambda t: b'<?xml version="1.0"?>\n<score-partwise version="4.0"/>', "looks like XML, not MIDI"),
     ("notes.mid", lambda t: "C4 E4 G4 — a melody, typed out\n".encode(), "looks like text, not MIDI"),
     ("riff.mid", lambda t: b"RIFF\x20\x00\x00\x00RMIDdata" + good_bytes(t)[:20], "RIFF-wrapped MIDI (.rmi)"),
     ("format7.mid", lambda t: smf(mtrk(ONE_NOTE), fmt=7), "unknown MIDI format 7 (expected 0, 1 or 2)"),

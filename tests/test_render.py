@@ -29,7 +29,7 @@ def no_soundfont_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def scale_midi(tmp_path: Path) -> Path:
-    """Two seconds of C major at 120 qpm: 16 eighth notes, both hands."""
+    """Four seconds of C major at 120 qpm: 16 eighth notes, both hands."""
     return make_midi(tmp_path / "scale.mid", scale_notes(16), tracks=2)
 
 
@@ -136,7 +136,9 @@ def test_fluidsynth_failure_leaves_no_partial_wav(
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     fake = fake_bin / "fluidsynth"
-    fake.write_text('#!/bin/sh\nwhile [ "$1" != "-F" ]; do shift; done\nprintf RIFF > "$2"\necho "disk full" >&2\nexit 1\n')
+    fake.write_text(
+        '#!/bin/sh\nwhile [ "$1" != "-F" ]; do shift; done\nprintf RIFF > "$2"\necho "disk full" >&2\nexit 1\n'
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(fake_bin))
     out = tmp_path / "out"
