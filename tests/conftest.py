@@ -42,3 +42,28 @@ def corpus_dir() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"shared piano corpus not found at {CORPUS}")
     return CORPUS
+
+
+def motif_notes(key: int, bars: int = 24) -> list[tuple[int, int, int]]:
+    """A repeating arpeggio: easy to learn, so a trained model clearly beats an untrained one."""
+    pattern = [0, 4, 7, 12, 7, 4]
+    return [(i * 240, 240, 48 + key + pattern[i % len(pattern)]) for i in range(bars * 8)]
+
+
+TINY_WINDOW = 16
+TINY_LSTM = {"embed_dim": 16, "units": 32, "layers": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """A project folder with 8 small MIDI files, timed tokens and sequences (window 16)."""
+    from pianola.corpus import tokenize_corpus
+    from pianola.sequences import build_sequences
+    from pianola.tokenizers import get_tokenizer
+
+    root = tmp_path_factory.mktemp("project")
+    for key in range(8):
+        make_midi(root / "data" / "raw" / f"piece{key}.mid", motif_notes(key))
+    tokenize_corpus(root / "data" / "raw", root / "data" / "tokens", get_tokenizer("timed"), plots=False)
+    build_sequences(root / "data" / "tokens", root / "data" / "sequences", window=TINY_WINDOW, valid_fraction=0.25, seed=0)
+    return root

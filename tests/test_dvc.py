@@ -10,8 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import make_midi
-from test_train import motif_notes
+from conftest import make_midi, motif_notes
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

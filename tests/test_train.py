@@ -11,35 +11,16 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import make_midi
+from conftest import TINY_LSTM as TINY, TINY_WINDOW as WINDOW
 from pianola.bundle import load_bundle
-from pianola.corpus import tokenize_corpus
 from pianola.errors import PianolaError
 from pianola.evaluate import encode_midi, evaluate_midi, held_out_metrics
-from pianola.sequences import build_sequences
-from pianola.tokenizers import get_tokenizer
 from pianola.train import preset_config, train
 from pianola.vocab import Vocabulary
 
-TINY = {"embed_dim": 16, "units": 32, "layers": 1}
-WINDOW = 16
-
-
-def motif_notes(key: int, bars: int = 24) -> list[tuple[int, int, int]]:
-    """A repeating arpeggio: easy to learn, so a trained model clearly beats an untrained one."""
-    pattern = [0, 4, 7, 12, 7, 4]
-    return [(i * 240, 240, 48 + key + pattern[i % len(pattern)]) for i in range(bars * 8)]
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A project folder with MIDI files, tokens and sequences (window 16)."""
-    root = tmp_path_factory.mktemp("project")
-    for key in range(8):
-        make_midi(root / "data" / "raw" / f"piece{key}.mid", motif_notes(key))
-    tokenize_corpus(root / "data" / "raw", root / "data" / "tokens", get_tokenizer("timed"), plots=False)
-    build_sequences(root / "data" / "tokens", root / "data" / "sequences", window=WINDOW, valid_fraction=0.25, seed=0)
-    return root
+@pytest.fixture
+def project(tiny_project: Path) -> Path:
+    return tiny_project
 
 
 @pytest.fixture

@@ -1,0 +1,155 @@
+"""Generation: seeded sampling strategies, stateful steps equal to the full window, files a user gets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_LSTM, make_midi
+from pianola.bundle import Bundle, load_bundle
+from pianola.errors import PianolaError
+from pianola.generate import LSTMStepper, Sampling, generate_ids, generate_pieces, sample_next
+from pianola.models import build_model
+from pianola.train import preset_config, train
+from pianola.vocab import Vocabulary
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tiny_project: Path, tmp_path_factory) -> Path:
+    """A small `lstm` trained on the tiny project (not registered)."""
+    work = tmp_path_factory.mktemp("generate-bundle")
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    try:
+        config = preset_config("lstm", "demo", epochs=3, model_options=TINY_LSTM | {"learning_rate": 1e-2})
+        train(tiny_project / "data/sequences", work / "bundle", config, work_dir=work / "runs", register=False, verbose=0)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    return work / "bundle"
+
+
+def generate(bundle_dir: Path, tiny_project: Path, out: Path, **kwargs):
+    options = {"n": 3, "length": 40, "sampling": Sampling(), "seed": 7, "corpus_dir": tiny_project / "data/raw"} | kwargs
+    return generate_pieces(load_bundle(bundle_dir), out, **options)
+
+
+def test_same_seed_gives_the_same_files_byte_for_byte(bundle_dir: Path, tiny_project: Path, tmp_path: Path) -> None:
+    first = generate(bundle_dir, tiny_project, tmp_path / "a")
+    again = generate(bundle_dir, tiny_project, tmp_path / "b")
+    other = generate(bundle_dir, tiny_project, tmp_path / "c", seed=8)
+    for x, y in zip(first, again):
+        assert x.midi.read_bytes() == y.midi.read_bytes()
+        assert x.piano_roll.read_bytes() == y.piano_roll.read_bytes()
+    assert [p.tokens for p in first] != [p.tokens for p in other]
+    assert all(len(p.tokens) == 40 for p in first)
+    assert first[0].metrics["tokens"] == 40 and "longest_repeat_fraction" in first[0].metrics
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "temperature", "top_k", "top_p"])
+def test_every_strategy_generates(bundle_dir: Path, tiny_project: Path, tmp_path: Path, strategy: str) -> None:
+    pieces = generate(bundle_dir, tiny_project, tmp_path, sampling=Sampling(strategy, temperature=0.8, top_k=3, top_p=0.8))
+    assert all(p.midi.exists() and p.piano_roll.read_bytes()[:4] == b"\x89PNG" for p in pieces)
+    assert all("<unk>" not in p.tokens for p in pieces)
+
+
+def test_greedy_takes_the_most_likely_token_but_never_unk() -> None:
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.2, 0.7]])
+    assert sample_next(probs, Sampling("greedy"), np.random.default_rng(0)).tolist() == [1, 2]
+
+
+def test_top_k_and_top_p_draw_only_from_the_head() -> None:
+    probs = np.tile(np.array([[0.0, 0.5, 0.3, 0.15, 0.05]]), (4000, 1))
+    rng = np.random.default_rng(0)
+    top_k = sample_next(probs, Sampling("top_k", top_k=2), rng)
+    assert set(top_k.tolist()) == {1, 2}
+    top_p = sample_next(probs, Sampling("top_p", top_p=0.75), rng)
+    assert set(top_p.tolist()) == {1, 2}  # 0.5 < 0.75 needs the second token; 0.8 >= 0.75 stops there
+    full = sample_next(probs, Sampling("temperature"), rng)
+    assert set(full.tolist()) == {1, 2, 3, 4}
+    assert np.mean(full == 1) == pytest.approx(0.5, abs=0.03)
+
+
+def test_low_temperature_approaches_greedy_and_high_flattens() -> None:
+    probs = np.tile(np.array([[0.0, 0.6, 0.4]]), (4000, 1))
+    rng = np.random.default_rng(1)
+    cold = sample_next(probs, Sampling("temperature", temperature=0.1), rng)
+    hot = sample_next(probs, Sampling("temperature", temperature=5.0), rng)
+    assert np.mean(cold == 1) > 0.97
+    assert np.mean(hot == 1) == pytest.approx(0.52, abs=0.03)  # 0.6^0.2 / (0.6^0.2 + 0.4^0.2)
+
+
+def test_bad_sampling_settings_are_clear_errors() -> None:
+    with pytest.raises(PianolaError, match="unknown strategy 'beam'"):
+        Sampling("beam")
+    with pytest.raises(PianolaError, match="temperature"):
+        Sampling("temperature", temperature=0)
+    with pytest.raises(PianolaError, match="top-p"):
+        Sampling("top_p", top_p=1.5)
+
+
+def test_stateful_steps_give_the_full_window_distribution() -> None:
+    model = build_model("lstm", 50, 16, embed_dim=8, units=12, layers=2)
+    model.set_weights([w + np.random.default_rng(i).normal(0, 0.3, w.shape) for i, w in enumerate(model.get_weights())])
+    windows = np.random.default_rng(0).integers(1, 50, size=(5, 16)).astype("int32")
+    full = np.asarray(model(windows, training=False))  # (B, T, V): every prefix at once
+    stepper = LSTMStepper(model)
+    state = stepper.zero_state(5)
+    for t in range(16):
+        probs, state = stepper.step(windows[:, t], state)
+        np.testing.assert_allclose(probs, full[:, t], atol=1e-5)
+
+
+def test_paper_models_generate_with_a_sliding_window() -> None:
+    vocab = Vocabulary(("<unk>", *[f"C{i}" for i in range(9)]))
+    bundle = Bundle(build_model("paper-2", len(vocab), 12), vocab, {"name": "paper"}, 12, "paper-2", "scalar")
+    primers = np.ones((2, 12), dtype=np.int32)
+    ids = generate_ids(bundle, primers, 6, Sampling(), seed=0)
+    assert ids.shape == (2, 6) and (ids > 0).all()
+    assert (generate_ids(bundle, primers, 6, Sampling(), seed=0) == ids).all()
+
+
+def test_primer_from_a_midi_file(bundle_dir: Path, tiny_project: Path, tmp_path: Path) -> None:
+    primer = make_midi(tmp_path / "primer.mid", [(0, 240, 60), (240, 240, 64)])  # shorter than the window
+    pieces = generate(bundle_dir, tiny_project, tmp_path / "out", primer=str(primer), n=2)
+    assert [p.primer for p in pieces] == ["primer.mid@0", "primer.mid@0"]
+    with pytest.raises(PianolaError, match="nothing.mid"):
+        generate(bundle_dir, tiny_project, tmp_path / "bad", primer=str(tmp_path / "nothing.mid"))
+
+
+def test_missing_fluidsynth_fails_before_generating(bundle_dir: Path, tiny_project: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(PianolaError, match="fluidsynth"):
+        generate(bundle_dir, tiny_project, tmp_path / "out", wav=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_command_writes_pieces_report_and_wav(bundle_dir: Path, tiny_project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gen"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pianola.cli", "generate", "--model", str(bundle_dir), "--n", "2", "--length", "30",
+         "--corpus", str(tiny_project / "data/raw"), "--out", str(out), "--wav", "--metrics", str(tmp_path / "m.json")],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "generation.json").read_text())
+    assert [p["midi"] for p in report["pieces"]] == ["piece_000.mid", "piece_001.mid"]
+    assert (out / "piece_001.wav").read_bytes()[:4] == b"RIFF"
+    assert json.loads((tmp_path / "m.json").read_text())["pieces"] == 2
+    from mlflow.tracking import MlflowClient
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    files = {a.path for a in MlflowClient().list_artifacts(runs[0].info.run_id, "pieces")}
+    assert {"pieces/piece_000.mid", "pieces/piece_000.wav", "pieces/piece_000.png"} <= files
