@@ -196,6 +196,26 @@ def render(
         typer.echo(str(path))
 
 
+@app.command()
+def drift(
+    reference: Annotated[str | None, typer.Option(help="The training corpus: a folder of MIDI files, a tokens.jsonl or a folder holding one (default: params.yaml monitor.reference)")] = None,
+    current: Annotated[str | None, typer.Option(help="The set to compare, in the same forms (default: monitor.current)")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Drifted when the largest normalised distance exceeds this (default: monitor.threshold)")] = None,
+    feature: Annotated[list[str] | None, typer.Option("--feature", help="pitch, duration or ioi; repeat for several (default: monitor.features)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write the JSON report here (default: monitor.out)")] = None,
+) -> None:
+    """Wasserstein drift of CURRENT from REFERENCE on pitch, duration and inter-onset interval."""
+    import json
+
+    from pianola.drift import check_drift, monitor_settings
+
+    settings = monitor_settings(reference=reference, current=current, threshold=threshold, features=feature,
+                                out=str(out) if out else None)
+    report = check_drift(settings)
+    typer.echo(json.dumps(report.to_json()) if as_json else report.summary())
+
+
 def main() -> None:
     """Entry point: run the app, turning PianolaError into a one-line message and exit code 1."""
     try:

@@ -5,11 +5,12 @@ The Debian `fluidsynth` command renders offline (no audio device); nothing is do
 How long the WAV is: FluidSynth plays a MIDI file to its end of track, then lifts the pedals,
 lets every voice's release fade, then keeps 2 s more for the reverb (`FLUID_PLAYER_STOP_GRACE_MS`,
 FluidSynth >= 2.2). So `wav seconds = midi_seconds + release + 2 s`, where `midi_seconds` is the
-last note-off or pedal release. Over the 86 corpus pieces with FluidR3_GM the WAV runs 1.1 to
-6.8 s past it (median 2.4 s): long low notes ring longest, and FluidSynth's tempo arithmetic
-(whole milliseconds at every tempo change) can end a piece with ~1,400 tempo changes up to 0.9 s
-early. Silence before the first note is kept, so the audio lines up with the MIDI's own time;
-events long after the last sound (a stray tempo change, 29 minutes on in one corpus file) are dropped.
+last note-off or pedal release. Over the 86 corpus pieces with FluidR3_GM the WAV runs 1.9 to
+6.8 s past it (median 2.6 s): long low notes ring longest, and FluidSynth's tempo arithmetic
+(whole milliseconds at every tempo change) ends pieces with over a thousand tempo changes a
+little early. Silence before the first note is kept, so the audio lines up with the MIDI's own
+time; events long after the last sound (a stray tempo change 29 minutes on, in one corpus file)
+are dropped rather than rendered as silence.
 """
 
 from __future__ import annotations

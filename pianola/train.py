@@ -44,6 +44,9 @@ class TrainConfig:
     max_minutes: float | None  # wall-clock budget; training stops at the first batch past it
     seed: int = 0
     model_options: dict[str, Any] = field(default_factory=dict)  # build_model overrides
+    # Each training window is moved by a random -transpose..+transpose semitones (0: never).
+    # Most of a small corpus's pieces sit in a few keys; transposed copies teach key-free patterns.
+    transpose: int = 0
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -85,19 +88,35 @@ def preset_config(model: str, preset: str, **overrides: Any) -> TrainConfig:
     return dataclasses.replace(config, **overrides)
 
 
+def transposition_table(vocab: Vocabulary, tokenizer, max_shift: int) -> np.ndarray:
+    """(2 * max_shift + 1, V) ids: row s maps each id to its transposition by s - max_shift semitones.
+
+    A token whose transposition is out of range or not in the vocabulary maps to 0 (`<unk>`).
+    """
+    table = np.zeros((2 * max_shift + 1, len(vocab)), dtype=np.int32)
+    for row, shift in enumerate(range(-max_shift, max_shift + 1)):
+        moved = [tokenizer.transpose(token, shift) for token in vocab.tokens]
+        table[row] = vocab.encode([t if t is not None else "<unk>" for t in moved])
+    table[:, 0] = 0
+    return table
+
+
 class WindowBatches(keras.utils.PyDataset):
     """Batches of (x, y) drawn from a split's windows, redrawn every epoch.
 
     `tokens` models learn from every position of a window, so overlapping windows repeat work:
     an epoch draws len(tokens) / window windows at random starts (about one pass over the data).
     `scalar` models (the paper's) see every stride-1 window, or `limit` of them, shuffled.
+    With a transposition table, each window is moved by a random shift, unless that would turn
+    one of its tokens into `<unk>` (then it stays as it is).
     """
 
     def __init__(self, split: EncodedSplit, window: int, input_kind: str, vocab_size: int,
-                 batch_size: int, limit: int | None, seed: int):
+                 batch_size: int, limit: int | None, seed: int, transposition: np.ndarray | None = None):
         super().__init__()
         self.split, self.window, self.input_kind, self.vocab_size = split, window, input_kind, vocab_size
         self.batch_size = batch_size
+        self.transposition = transposition
         self.all_starts = split.window_starts(window)
         count = len(self.all_starts) if input_kind == "scalar" else max(1, len(split.ids) // window)
         self.count = min(count, limit or count, len(self.all_starts))
@@ -112,7 +131,13 @@ class WindowBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         starts = self.starts[index * self.batch_size : (index + 1) * self.batch_size]
-        return windows_to_xy(self.split.windows(starts, self.window), self.input_kind, self.vocab_size)
+        windows = self.split.windows(starts, self.window)  # (B, window + 1)
+        if self.transposition is not None:
+            rows = self.rng.integers(0, len(self.transposition), size=len(windows))
+            moved = np.take_along_axis(self.transposition[rows], windows, axis=1)  # (B, window + 1)
+            intact = ((moved != 0) | (windows == 0)).all(axis=1)
+            windows = np.where(intact[:, None], moved, windows)
+        return windows_to_xy(windows, self.input_kind, self.vocab_size)
 
 
 def validation_arrays(split: EncodedSplit, window: int, input_kind: str, vocab_size: int, count: int, seed: int):
@@ -223,7 +248,13 @@ def train(
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
 
-    batches = WindowBatches(train_split, window, spec.input_kind, len(vocab), config.batch_size, config.windows_per_epoch, config.seed)
+    transposition = None
+    if config.transpose:
+        from pianola.tokenizers import tokenizer_from_config
+
+        transposition = transposition_table(vocab, tokenizer_from_config(tokenizer_config), config.transpose)
+    batches = WindowBatches(train_split, window, spec.input_kind, len(vocab), config.batch_size,
+                            config.windows_per_epoch, config.seed, transposition)
     x_val, y_val = validation_arrays(valid_split, window, spec.input_kind, len(vocab), config.valid_windows, config.seed)
 
     strategy = distribution_strategy()

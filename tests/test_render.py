@@ -123,6 +123,8 @@ def test_failed_render_keeps_the_old_wav_and_leaves_no_temporary(tmp_path: Path)
     wav.write_bytes(b"previous render")
     with pytest.raises(PianolaError, match=r"bad\.mid"):
         render_wav(bad, wav)
+    with pytest.raises(PianolaError, match=r"gone\.mid: no such MIDI file"):
+        render_wav(tmp_path / "gone.mid", tmp_path / "gone.wav")
     assert wav.read_bytes() == b"previous render"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mid", "bad.wav"]
 

@@ -22,6 +22,14 @@ class Tokenizer(ABC):
     def encode(self, path: str | os.PathLike) -> list[str]:
         """Tokens of one MIDI file."""
 
+    def transpose(self, token: str, semitones: int) -> str | None:
+        """`token` moved by `semitones`; None where it has no such form (out of the MIDI range).
+
+        Tokens that carry no pitch (time shifts, durations, `<unk>`) are returned unchanged.
+        Used to augment training data with transposed copies.
+        """
+        return token
+
     @abstractmethod
     def decode(self, tokens: list[str], tempo_qpm: float = 120.0) -> symusic.Score:
         """A piano score playing `tokens`."""

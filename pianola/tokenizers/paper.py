@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import os
+from fractions import Fraction
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,43 +290,93 @@ def _barlines(meters: list[tuple[int, int, int]], horizon: int, units: int) -> n
     return np.concatenate(bars)
 
 
-def _first_fit_voices(starts: list[int], ends: list[int]) -> list[int]:
-    """music21's makeVoices: each note (in order) goes to the first voice free at its start."""
+def _first_fit_voices(starts: list[int], ends: list[int]) -> tuple[list[int], list[bool]]:
+    """music21's makeVoices: each note (in order) goes to the first voice free at its start.
+
+    Also says which voices end up with a cached highestTime: music21 caches it when a later note
+    checks the voice, and forgets it when a note is inserted.
+    """
     voice_ends: list[int] = []
+    cached: list[bool] = []
     voices = []
     for start, end in zip(starts, ends, strict=True):
         for v, voice_end in enumerate(voice_ends):
+            cached[v] = True
             if voice_end <= start:
                 voice_ends[v] = max(voice_end, end)
+                cached[v] = False
                 voices.append(v)
                 break
         else:
             voice_ends.append(end)
+            cached.append(False)
             voices.append(len(voice_ends) - 1)
-    return voices
+    return voices, cached
+
+
+def _inserted_sorted(start: int, reach: int, bar: int, units: int) -> bool:
+    """Whether music21 still considers a measure sorted after inserting its last element.
+
+    It is if the element starts at or after `reach`, the end of everything inserted before. But
+    music21 compares that end (an exact Fraction) with the measure-relative offset computed in
+    floats, so an element starting exactly there at a third of a quarter counts as sorted only
+    when the float happens to round up.
+    """
+    if start != reach:
+        return start > reach
+    if (start * 4) % units == 0 or (start * 8) % units == 0 or start % units == 0:
+        return True  # a binary fraction of a quarter: exact in floats
+    local = start / units - bar / units
+    return Fraction(local) > Fraction(start - bar, units)
+
+
+def _gapless(starts: list[int], ends: list[int]) -> bool:
+    """Whether elements (in order) leave no gap from 0 on: music21's makeRests adds no rest."""
+    reach = 0
+    for start, end in zip(starts, ends, strict=True):
+        if start > reach:
+            return False
+        reach = max(reach, end)
+    return True
 
 
 @dataclass
 class _Pieces:
-    """Every note/chord music21 ends up with for one Part (ties split notes at barlines)."""
+    """Every note/chord music21 ends up with for one Part, ties split at barlines."""
 
     element: np.ndarray  # which element each piece belongs to
-    offset: np.ndarray  # in units per quarter
+    offset: np.ndarray  # global offset, in units per quarter
     grace: np.ndarray
     rank: np.ndarray  # order among this Part's pieces at the same offset
 
 
-def _split_at_barlines(
-    offset: np.ndarray, duration: np.ndarray, grace: np.ndarray, bars: np.ndarray, voices: bool
+def _layout_part(
+    offset: np.ndarray,
+    duration: np.ndarray,
+    grace: np.ndarray,
+    chord: np.ndarray,
+    bars: np.ndarray,
+    meta: np.ndarray,
+    voices: bool,
+    units: int,
 ) -> _Pieces:
-    """music21's makeVoices + makeTies for one Part: which pieces exist and how they are ordered.
+    """music21's makeMeasures, makeVoices, makeTies and makeRests for one Part.
+
+    `offset`/`duration` are the quantized elements (units per quarter), `chord` marks music21
+    Chords, `bars` the measure starts, `meta` the offsets of the Part's zero-length elements
+    (time/key signatures, tempos). Returns the pieces with the offsets and order flatten() gives.
 
     A note crossing a barline is split there; the rest goes to the next measure, after that
     measure's own notes at its start. When the Part needs voices, each measure with overlapping
-    notes gets them (first fit, in order). makeTies then walks only the voices of a voiced
-    measure, so a rest left loose beside them is not split again; a piece from a measure without
-    voices joins the first voice of a voiced next measure (ahead of its other voices' notes), and
+    notes gets them (first fit, in order). makeTies walks only the voices of a voiced measure, so a
+    piece left loose beside them is not split again; a piece from a measure without voices joins
+    the first voice of a voiced next measure (ahead of its other voices' notes at the start), and
     a piece from a voiced measure moves a next measure without voices into one voice.
+
+    Finally music21 lays measures end to end by their highestTime. That is the bar length, except
+    where a loose piece overhangs it, or where a Chord was split without music21 noticing (its
+    duration setter skips the cache invalidation): a measure, or voice, whose highestTime was
+    cached before the split keeps the chord's old end, unless rests are later inserted into it.
     """
     n = len(offset)
     end = offset + duration
@@ -345,40 +396,49 @@ def _split_at_barlines(
         made_voices[m_sorted[1:][overlap]] = True
     has_voices = made_voices.copy()  # grows as makeTies moves notes into voices
 
-    voice_of: dict[int, int] = {}
+    members_of: dict[int, np.ndarray] = {}
 
-    def assign_voices(m: int) -> None:
-        members = np.flatnonzero(measure == m)
-        members = members[np.lexsort((members, ~grace[members], offset[members]))]
-        found = _first_fit_voices(offset[members].tolist(), end[members].tolist())
-        voice_of.update(zip(members.tolist(), found, strict=True))
+    def members(m: int) -> np.ndarray:
+        """Elements of measure m in music21's order: by offset, grace notes first, then creation."""
+        if m not in members_of:
+            inside = np.flatnonzero(measure == m)
+            members_of[m] = inside[np.lexsort((inside, ~grace[inside], offset[inside]))]
+        return members_of[m]
+
+    voicing: dict[int, tuple[dict[int, int], list[bool]]] = {}
+
+    def voices_of(m: int) -> tuple[dict[int, int], list[bool]]:
+        if m not in voicing:
+            inside = members(m)
+            found, cached = _first_fit_voices(offset[inside].tolist(), end[inside].tolist())
+            voicing[m] = (dict(zip(inside.tolist(), found, strict=True)), cached)
+        return voicing[m]
 
     originals: dict[int, list[int]] = {}
     for e in crossing.tolist():
         originals.setdefault(int(measure[e]), []).append(e)
-    # pieces that arrived in a measure: (element, end, sequence number, walked by makeTies)
-    arrived: dict[int, list[tuple[int, int, int, bool]]] = {}
-    voice_zero_arrivals: set[int] = set()
+    # pieces arriving in a measure: (element, end, walked by makeTies, in voice 0 of made voices)
+    arrived: dict[int, list[tuple[int, int, bool, bool]]] = {}
     piece_element: list[int] = []
-    piece_offset: list[int] = []
+    piece_measure: list[int] = []
     piece_rank: list[int] = []
+    extent: dict[int, int] = {}  # measure -> global end it reaches beyond its bar
     pending = sorted(originals)
-    heapq.heapify(pending)
     while pending:
         m = heapq.heappop(pending)
         if pending and pending[0] == m:
             continue
         bar_end = int(bars[m + 1])
-        # (walk order key, element, end) of what makeTies looks at in measure m
         walk: list[tuple[tuple[int, int, int, int], int, int]] = []
         own = originals.get(m, [])
-        if made_voices[m] and len(own) + len(arrived.get(m, [])) > 1:
-            assign_voices(m)
+        voice_of = voices_of(m)[0] if made_voices[m] and own else {}
         for e in own:
             walk.append(((voice_of.get(e, 0), int(offset[e]), 0, e), e, int(end[e])))
-        for e, piece_end, seq, walked in arrived.get(m, []):
+        for seq, (e, piece_end, walked, _) in enumerate(arrived.get(m, [])):
             if walked:
                 walk.append(((0, int(bars[m]), 1, seq), e, piece_end))
+            elif piece_end > bar_end:
+                extent[m] = max(extent.get(m, bar_end), piece_end)  # loose, never split
         walk.sort()
         to_next = [(e, piece_end) for _, e, piece_end in walk if piece_end > bar_end]
         if not to_next:
@@ -386,29 +446,125 @@ def _split_at_barlines(
         nxt = m + 1
         if has_voices[m]:
             walked = not made_voices[nxt]  # loose beside made voices, or all moved into one voice
+            in_zero = False
             has_voices[nxt] = True
         else:
             walked = True
-            if made_voices[nxt]:
-                voice_zero_arrivals.add(nxt)
+            in_zero = bool(made_voices[nxt])
         for e, piece_end in to_next:
-            seq = len(piece_element)
-            arrived.setdefault(nxt, []).append((e, piece_end, seq, walked))
+            arrived.setdefault(nxt, []).append((e, piece_end, walked, in_zero))
             piece_element.append(e)
-            piece_offset.append(int(bars[nxt]))
-            piece_rank.append(2 * _BIG + seq)
+            piece_measure.append(nxt)
+            piece_rank.append(2 * _BIG + len(piece_rank))
         heapq.heappush(pending, nxt)
 
-    # pieces in voice 0 of a voiced measure precede the notes of its other voices at its start
-    for m in voice_zero_arrivals:
-        at_start = np.flatnonzero((measure == m) & (offset == bars[m]) & ~grace)
-        rank[at_start[1:]] += 2 * _BIG
+    # measures that keep a stale highestTime: only with a split original Chord in them
+    cache_all = _measures_cached(end, grace, meta, bars)
+    for m, own in originals.items():
+        if not any(chord[e] for e in own):
+            continue
+        bar_end = int(bars[m + 1])
+        inside = members(m)
+        if made_voices[m]:
+            voice_of, cached = voices_of(m)
+            cached = list(cached)
+            incoming = arrived.get(m, [])
+            local_meta = meta[(meta >= bars[m]) & (meta < bar_end)]
+            if len(cached) > 1 and not (local_meta > bars[m]).any():
+                cached[0] = True  # read when the measure inserted its second voice
+            if any(a[3] for a in incoming):
+                cached[0] = False  # a piece was inserted into voice 0
+            elif incoming:
+                cached = [True] * len(cached)  # read when the loose piece was inserted
+            for e in own:
+                v = voice_of[e]
+                if not (chord[e] and cached[v]):
+                    continue
+                in_voice = [e2 for e2 in inside.tolist() if voice_of[e2] == v]
+                starts = [int(offset[e2]) - int(bars[m]) for e2 in in_voice]
+                ends = [min(int(end[e2]), bar_end) - int(bars[m]) for e2 in in_voice]
+                if _gapless(starts, ends):  # no rest inserted into the voice: the cache survives
+                    extent[m] = max(extent.get(m, bar_end), int(end[in_voice].max()))
+        elif cache_all and m not in arrived and all(chord[e] for e in own):
+            # the measure keeps its cache unless it is left unsorted (its last element starts
+            # before an earlier one ends: makeTies then sorts it) or gets a rest
+            local_meta = meta[(meta >= bars[m]) & (meta < bar_end)]
+            starts = np.concatenate([local_meta, offset[inside]])
+            ends = np.concatenate([local_meta, end[inside]])
+            order = np.lexsort((np.arange(len(starts)) >= len(local_meta), starts))
+            starts, ends = starts[order], ends[order]
+            if _inserted_sorted(int(starts[-1]), int(ends[:-1].max(initial=0)), int(bars[m]), units) and _gapless(
+                (starts - bars[m]).tolist(), (np.minimum(ends, bar_end) - bars[m]).tolist()
+            ):
+                extent[m] = max(extent.get(m, bar_end), int(end[inside].max()))
+
+    # voice 0 pieces precede the notes of a made-voiced measure's other voices at its start
+    for m, incoming in arrived.items():
+        if any(a[3] for a in incoming):
+            at_start = np.flatnonzero((measure == m) & (offset == bars[m]) & ~grace)
+            rank[at_start[1:]] += 2 * _BIG
+
+    lengths = np.diff(bars)
+    for m, reach in extent.items():
+        lengths[m] = reach - bars[m]
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    piece_measure_a = np.array(piece_measure, dtype=np.int64)
     return _Pieces(
         element=np.concatenate([np.arange(n), np.array(piece_element, dtype=np.int64)]),
-        offset=np.concatenate([offset, np.array(piece_offset, dtype=np.int64)]),
+        offset=np.concatenate([offset - bars[measure] + starts[measure], starts[piece_measure_a]]),
         grace=np.concatenate([grace, np.zeros(len(piece_element), dtype=bool)]),
         rank=np.concatenate([rank, np.array(piece_rank, dtype=np.int64)]),
     )
+
+
+def _measures_cached(end: np.ndarray, grace: np.ndarray, meta: np.ndarray, bars: np.ndarray) -> bool:
+    """Whether makeMeasures leaves every measure's highestTime cached.
+
+    It does when a zero-length element sits exactly at the Part's end and that end is a barline:
+    the element fits no measure, is stored at the end of the Part, and placing it there asks
+    for the Part's (hence every measure's) highestTime.
+    """
+    last = max(int(end.max()), int(meta.max()) if len(meta) else 0)
+    at_last = bool((meta == last).any() or (grace & (end == last)).any())
+    return at_last and last > 0 and bool((bars == last).any())
+
+
+def _place_part(
+    track: _Track,
+    elements: _Elements,
+    tpq: int,
+    meters: list[tuple[int, int, int]],
+    meta: np.ndarray,
+    scale: int,
+) -> _Pieces:
+    """Quantize one Part's elements and lay them out in measures as music21 does."""
+    onset = track.on[elements.first]
+    ticks = track.off[elements.last] - track.on[elements.last]
+    grace = ticks == 0
+    offset = quantize_offsets(onset, tpq)
+    # a duration is quantized towards the next later offset in the part, its own time/key
+    # signatures and tempos included (the conductor's are copied in only afterwards)
+    points = np.unique(np.concatenate([offset, quantize_offsets(track.meta_ticks, tpq)]))
+    next_index = np.searchsorted(points, offset, side="right")
+    has_gap = next_index < len(points)
+    gap = np.where(has_gap, points[np.minimum(next_index, len(points) - 1)] - offset, 0)
+    duration = quantize_durations(ticks, tpq, gap, has_gap)
+
+    offset *= scale
+    duration *= scale
+    horizon = max(int((offset + duration).max()), int(meta.max()) if len(meta) else 0)
+    bars = _barlines(meters, horizon, 12 * scale)
+    chord = (elements.size > 1) & ~elements.drum  # a PercussionChord behaves like a Note here
+    return _layout_part(
+        offset, duration, grace, chord, bars, meta, elements.voices_required, 12 * scale
+    )
+
+
+def _element_tokens(track: _Track, elements: _Elements) -> np.ndarray:
+    """The paper's token of each element: a Note's pitch name, a Chord's normal order."""
+    table = np.asarray(normal_order_table(), dtype=object)
+    names = _NOTE_TOKEN_ARRAY[track.pitch[elements.first]]
+    return np.where(elements.size == 1, names, table[elements.mask])
 
 
 class PaperTokenizer(Tokenizer):
@@ -441,12 +597,14 @@ class PaperTokenizer(Tokenizer):
         scale = units // 12
 
         # tracks without notes make music21's conductor part: its time signatures give every
-        # later part's measures (a part with none of those uses its own, else 4/4)
-        conductor: list[tuple[int, int, int]] = []
+        # later part's measures (a part with none of those uses its own, else 4/4), and its
+        # time/key signatures and tempos are copied into those parts
+        conductor_meters: list[tuple[int, int, int]] = []
+        conductor_meta: list[np.ndarray] = []
         keys: list[np.ndarray] = []
         tokens: list[np.ndarray] = []
-        part = 0
         for track in tracks:
+            meta = quantize_offsets(track.meta_ticks, tpq) * scale
             meters = [
                 (int(q) * scale, n, d)
                 for q, (_, n, d) in zip(
@@ -456,57 +614,30 @@ class PaperTokenizer(Tokenizer):
                 )
             ]
             if not len(track.on):
-                conductor.extend(meters)
+                conductor_meters.extend(meters)
+                conductor_meta.append(meta)
                 continue
-            pieces, element_tokens, drum = self._encode_part(
-                track, tpq, conductor or meters, scale, units
+            elements = _gather_chords(track, tpq)
+            pieces = _place_part(
+                track,
+                elements,
+                tpq,
+                conductor_meters or meters,
+                np.concatenate([meta, *conductor_meta]),
+                scale,
             )
-            keep = ~drum[pieces.element]
-            keys.append(
-                np.stack(
-                    [
-                        pieces.offset[keep],
-                        (~pieces.grace[keep]).astype(np.int64),
-                        np.full(int(keep.sum()), part, dtype=np.int64),
-                        pieces.rank[keep],
-                    ]
-                )
-            )
-            tokens.append(element_tokens[pieces.element[keep]])
-            part += 1
+            keep = ~elements.drum[pieces.element]
+            part_keys = np.empty((4, int(keep.sum())), dtype=np.int64)
+            part_keys[0] = pieces.offset[keep]
+            part_keys[1] = ~pieces.grace[keep]  # grace notes first
+            part_keys[2] = len(keys)
+            part_keys[3] = pieces.rank[keep]
+            keys.append(part_keys)
+            tokens.append(_element_tokens(track, elements)[pieces.element[keep]])
         if not tokens:
             return []
-        key = np.concatenate(keys, axis=1)
-        order = np.lexsort(key[::-1])
+        order = np.lexsort(np.concatenate(keys, axis=1)[::-1])
         return np.concatenate(tokens)[order].tolist()
-
-    @staticmethod
-    def _encode_part(
-        track: _Track, tpq: int, meters: list[tuple[int, int, int]], scale: int, units: int
-    ) -> tuple[_Pieces, np.ndarray, np.ndarray]:
-        elements = _gather_chords(track, tpq)
-        onset = track.on[elements.first]
-        ticks = track.off[elements.last] - track.on[elements.last]
-        grace = ticks == 0
-        offset = quantize_offsets(onset, tpq)
-        # a duration is quantized towards the next later onset in the part (meta events included)
-        points = np.unique(np.concatenate([offset, quantize_offsets(track.meta_ticks, tpq)]))
-        next_index = np.searchsorted(points, offset, side="right")
-        has_gap = next_index < len(points)
-        gap = np.where(has_gap, points[np.minimum(next_index, len(points) - 1)] - offset, 0)
-        duration = quantize_durations(ticks, tpq, gap, has_gap)
-
-        offset_u = offset * scale
-        duration_u = duration * scale
-        horizon = int((offset_u + duration_u).max())
-        bars = _barlines(meters, horizon, units)
-        pieces = _split_at_barlines(offset_u, duration_u, grace, bars, elements.voices_required)
-
-        single = elements.size == 1
-        pitch = track.pitch[elements.first]
-        table = np.asarray(normal_order_table(), dtype=object)
-        element_tokens = np.where(single, _NOTE_TOKEN_ARRAY[pitch], table[elements.mask])
-        return pieces, element_tokens, elements.drum
 
     def decode(self, tokens: list[str], tempo_qpm: float = 120.0) -> symusic.Score:
         pitches: list[int] = []

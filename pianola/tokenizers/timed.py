@@ -79,6 +79,13 @@ class TimedTokenizer(Tokenizer):
             tokens.append(f"dur:{duration}")
         return tokens
 
+    def transpose(self, token: str, semitones: int) -> str | None:
+        kind, _, value = token.partition(":")
+        if kind != "note" or not value.isdigit():
+            return token
+        pitch = int(value) + semitones
+        return f"note:{pitch}" if 0 <= pitch <= 127 else None
+
     def decode(self, tokens: list[str], tempo_qpm: float = 120.0) -> symusic.Score:
         """A piano score of `tokens`; tokens out of place (a `dur` with no note before it, `<unk>`) are skipped."""
         ticks_per_step = TICKS_PER_QUARTER_OUT // self.steps_per_quarter
