@@ -101,13 +101,15 @@ def train(
     out: Annotated[Path, typer.Option(help="Folder for the trained bundle")] = Path("models/candidate"),
     epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Override the preset's time budget")] = None,
+    transpose: Annotated[int | None, typer.Option(help="Override the preset's random transposition (+-semitones)")] = None,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     register: Annotated[bool, typer.Option(help="Register the bundle in the MLflow Model Registry as candidate")] = True,
 ) -> None:
     """Train a model, track it in MLflow, save it as a bundle and register it as `candidate`."""
     from pianola.train import preset_config, train as run_train
 
-    overrides = {k: v for k, v in {"epochs": epochs, "max_minutes": max_minutes}.items() if v is not None}
+    overrides = {"epochs": epochs, "max_minutes": max_minutes, "transpose": transpose}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     config = preset_config(model, preset, seed=seed, **overrides)
     result = run_train(sequences_dir, out, config, register=register)
     typer.echo(result.summary())

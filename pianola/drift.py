@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wasserstein_distance
 
-from pianola.corpus import TOKENS_FILE, midi_files, read_pieces
+from pianola.corpus import MIDI_SUFFIXES, TOKENS_FILE, midi_files, read_pieces
 from pianola.errors import PianolaError
 from pianola.io import atomic_write_bytes, atomic_write_json
 from pianola.music_metrics import TIME_DECIMALS, load_notes
@@ -43,7 +43,6 @@ from pianola.params import section
 from pianola.tokenizers.paper import NOTE_TOKENS
 from pianola.tokenizers.timed import TimedTokenizer
 
-MIDI_SUFFIXES = (".mid", ".midi")
 INPUT_FORMS = "a folder of MIDI files, a MIDI file, a tokens.jsonl file or a folder holding one"
 PAPER_NOTE_PITCH = {token: pitch for pitch, token in enumerate(NOTE_TOKENS)}
 AGGREGATE = "max"
@@ -88,16 +87,15 @@ def monitor_settings(params_path: str | os.PathLike = "params.yaml", **overrides
     if unknown:
         raise PianolaError(f"{params_path}: unknown monitor setting(s): {', '.join(sorted(unknown))}")
     settings = MonitorSettings(**given)
-    settings.features = list(settings.features)
+    if isinstance(settings.features, str):
+        settings.features = [settings.features]
     bad = [f for f in settings.features if f not in FEATURES]
     if bad or not settings.features:
         raise PianolaError(f"unknown drift feature(s) {bad or '(none given)'}; choose from {', '.join(FEATURES)}")
-    try:
-        settings.threshold = float(settings.threshold)
-    except (TypeError, ValueError):
-        settings.threshold = float("nan")
-    if not settings.threshold > 0:
-        raise PianolaError(f"the drift threshold must be a positive number, got {given.get('threshold')!r}")
+    threshold = settings.threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold > 0:
+        raise PianolaError(f"the drift threshold must be a positive number, got {threshold!r}")
+    settings.threshold = float(threshold)
     return settings
 
 
@@ -150,8 +148,9 @@ def timed_notes(tokens: list[str], steps_per_quarter: int) -> np.ndarray:
     return array
 
 
-def _pool(per_piece: list[dict[str, np.ndarray]], names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([p[name] for p in per_piece]) if per_piece else np.zeros(0) for name in names}
+def _pool(per_piece: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Every feature's values over all pieces."""
+    return {name: np.concatenate([p[name] for p in per_piece]) if per_piece else np.zeros(0) for name in FEATURES}
 
 
 def read_midi_set(path: Path) -> PieceSet:
@@ -168,7 +167,7 @@ def read_midi_set(path: Path) -> PieceSet:
             skipped.append({"piece": file.name, "reason": "no pitched notes"})
             continue
         per_piece.append(note_features(notes))
-    return PieceSet(str(path), "midi", len(per_piece), _pool(per_piece, tuple(FEATURES)), skipped=skipped)
+    return PieceSet(str(path), "midi", len(per_piece), _pool(per_piece), skipped=skipped)
 
 
 def read_token_set(path: Path) -> PieceSet:
@@ -182,7 +181,7 @@ def read_token_set(path: Path) -> PieceSet:
     if timed:
         steps = int(config.get("steps_per_quarter") or TimedTokenizer().steps_per_quarter)
         per_piece = [note_features(notes) for p in pieces if len(notes := timed_notes(p.tokens, steps))]
-        return PieceSet(str(path), "timed tokens", len(per_piece), _pool(per_piece, tuple(FEATURES)))
+        return PieceSet(str(path), "timed tokens", len(per_piece), _pool(per_piece))
     pitches, skipped = [], []
     for piece in pieces:
         found = [PAPER_NOTE_PITCH[t] for t in piece.tokens if t in PAPER_NOTE_PITCH]
@@ -353,9 +352,14 @@ def merge_new_pieces(current: str | os.PathLike, source: str | os.PathLike) -> l
             f"the corpus source {str(source)!r} is not a folder: retraining adds the new pieces to a folder "
             "source; set ingest.source in params.yaml to a folder of MIDI files"
         )
-    files = [current] if current.is_file() else midi_files(current)
+    if current.is_file() and current.suffix.lower() in MIDI_SUFFIXES:
+        files = [current]
+    elif current.is_dir():
+        files = midi_files(current)
+    else:
+        files = []
     if not files:
-        raise PianolaError(f"{current}: no MIDI files to add to the corpus")
+        raise PianolaError(f"{current}: no MIDI files to add to the corpus; retraining needs a folder of MIDI files")
     here, corpus = current.resolve(), source_dir.resolve()
     if here == corpus or corpus in here.parents:
         return []  # already part of the corpus source

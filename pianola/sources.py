@@ -1,6 +1,7 @@
 """Where ingest gets MIDI files from: a source yields named items whose bytes are read lazily.
 
-First stage of the flow (sources -> data/raw); a web index or an S3 prefix slots in as one more Source.
+First stage of the flow (sources -> data/raw); a web index (pianola.scrape) and an S3 prefix
+(pianola.storage) are Sources too, imported only when a spec names them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from pianola.errors import PianolaError
 
 MIDI_SUFFIXES = (".mid", ".midi")
+DEFAULT_MAX_BYTES = 4_000_000  # size cap of a source that must cut downloads itself, when none is given
 MUSIC21_PREFIX = "music21:"
 DEFAULT_SOURCE = "music21:bach"
 MUSIC21_LICENSE = (
@@ -29,8 +31,9 @@ MUSIC21_LICENSE = (
 # chords written by an analyst, not music by the composer.
 MUSIC21_SKIPPED_SUFFIXES = (".rntxt",)
 ACCEPTED_FORMS = (
-    "a local folder of .mid/.midi files, or music21:COMPOSER[,COMPOSER...] "
-    f"(works bundled with music21, e.g. {DEFAULT_SOURCE})"
+    "a local folder of .mid/.midi files, music21:COMPOSER[,COMPOSER...] "
+    f"(works bundled with music21, e.g. {DEFAULT_SOURCE}), an index page to crawl (https://...) "
+    "or an S3 prefix (s3://BUCKET/PREFIX)"
 )
 
 
@@ -207,12 +210,20 @@ def _music21_composers(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
 
-def open_source(spec: str) -> Source:
-    """The Source for `spec`: `music21:COMPOSER[,COMPOSER...]` or a local folder."""
+def open_source(spec: str, *, out_dir: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
+    """The Source for `spec`: `music21:COMPOSER[,COMPOSER...]`, a local folder, http(s)://INDEX or s3://BUCKET/PREFIX.
+
+    `out_dir` (ingest's output folder) lets a web crawl resume; `max_bytes` is where it cuts a download.
+    """
     lowered = spec.lower()
-    if lowered.startswith(("http://", "https://", "s3://")):
-        kind = "S3" if lowered.startswith("s3://") else "web (http/https)"
-        raise PianolaError(f"source {spec!r}: {kind} sources are not supported yet; use {ACCEPTED_FORMS}")
+    if lowered.startswith(("http://", "https://")):
+        from pianola.scrape import WebSource
+
+        return WebSource(spec, out_dir=out_dir, max_bytes=max_bytes)
+    if lowered.startswith("s3://"):
+        from pianola.storage import S3Source
+
+        return S3Source(spec, max_bytes=max_bytes)
     if lowered.startswith(MUSIC21_PREFIX):
         composers = [c.strip() for c in spec[len(MUSIC21_PREFIX) :].split(",") if c.strip()]
         if not composers:

@@ -152,3 +152,40 @@ def test_paper_model_trains_and_evaluates_on_scalar_inputs(in_project: Path, tmp
     assert bundle.input_kind == "scalar"
     metrics = evaluate_midi(bundle, "data/raw", bundle.info["valid_pieces"])
     assert np.isfinite(metrics.cross_entropy) and metrics.cross_entropy == pytest.approx(result.metrics["cross_entropy"], abs=1e-5)
+
+
+def test_transposition_moves_whole_windows_and_never_invents_unk() -> None:
+    from pianola.corpus import Piece
+    from pianola.sequences import EncodedSplit
+    from pianola.tokenizers import get_tokenizer
+    from pianola.train import WindowBatches, transposition_table
+
+    tokens = ["note:60", "dur:6"] * 40
+    vocab = Vocabulary.build([tokens + ["note:59", "note:61", "note:62"]])  # note:58 is missing
+    table = transposition_table(vocab, get_tokenizer("timed"), 2)
+    assert vocab.tokens[table[3][vocab.encode(["note:60"])[0]]] == "note:61"  # row 3 is +1
+    assert vocab.tokens[table[0][vocab.encode(["dur:6"])[0]]] == "dur:6"  # no pitch: unchanged
+    assert table[0][vocab.encode(["note:60"])[0]] == 0  # note:58 is not in the vocabulary
+
+    split = EncodedSplit.encode([Piece("p", tokens)], vocab)
+    batches = WindowBatches(split, 8, "tokens", len(vocab), 64, None, seed=0, transposition=table)
+    x, y = batches[0]
+    assert (x != 0).all() and (y != 0).all()  # the -2 shift would make <unk>: those windows stay put
+    pitches_per_window = [{vocab.tokens[i] for i in row if vocab.tokens[i].startswith("note:")} for row in x]
+    assert all(len(p) == 1 for p in pitches_per_window)  # a window moves as a whole
+    assert {p.pop() for p in pitches_per_window} == {"note:59", "note:60", "note:61", "note:62"}
+
+
+def test_paper_transposition_agrees_with_music21() -> None:
+    from music21 import chord
+
+    from pianola.tokenizers import get_tokenizer
+
+    tokenizer = get_tokenizer("paper")
+    assert tokenizer.transpose("C4", 2) == "D4" and tokenizer.transpose("B3", 1) == "C4"
+    assert tokenizer.transpose("B-3", 1) == "B3" and tokenizer.transpose("G9", 1) is None
+    for pcs in ([0, 4, 7], [11, 2, 5, 8], [1, 2], [0, 3, 6, 9], [4, 5, 9, 11]):
+        token = ".".join(str(pc) for pc in chord.Chord(pcs).normalOrder)
+        for shift in (-5, 1, 6):
+            expected = ".".join(str(pc) for pc in chord.Chord([(pc + shift) % 12 for pc in pcs]).normalOrder)
+            assert tokenizer.transpose(token, shift) == expected

@@ -10,6 +10,7 @@ import heapq
 import os
 from fractions import Fraction
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,8 @@ def quantize_offsets(ticks: np.ndarray, tpq: int) -> np.ndarray:
     music21 (Stream.quantize with quarterLengthDivisors (4, 3)) snaps each offset to the nearest
     sixteenth or eighth-note triplet; on equal error the sixteenth wins.
     """
+    if not len(ticks):
+        return np.zeros(0, dtype=np.int64)
     n = ticks / tpq
     _, k4, e4 = _nearest_multiple(n, 1 / 4)
     _, k3, e3 = _nearest_multiple(n, 1 / 3)
@@ -150,44 +153,114 @@ def _read_tracks(path: str | os.PathLike) -> tuple[int, list[bytes]]:
 
 
 def _parse_track(chunk: bytes, path: str | os.PathLike, index: int) -> _Track:
+    """One MIDI track (a one-track file from `_read_tracks`), read with symusic."""
     try:
         score = symusic.Score.from_midi(chunk)
     except Exception as e:  # symusic raises bare RuntimeErrors on malformed events
         raise PianolaError(f"{path}: track {index} cannot be parsed: {e}") from e
-    ons, ends, pitches, drums, keys = [], [], [], [], []
-    for channel_key, track in enumerate(score.tracks):
-        notes = track.notes.numpy()
-        if not len(notes["time"]):
-            continue
-        on = notes["time"].astype(np.int64)
-        ons.append(on)
-        ends.append(on + notes["duration"])
-        pitches.append(notes["pitch"].astype(np.int64))
-        drums.append(np.full(len(on), track.is_drum))
-        keys.append(np.full(len(on), channel_key, dtype=np.int64))
-    meta_ticks = np.concatenate(
-        [
-            score.time_signatures.numpy()["time"],
-            score.key_signatures.numpy()["time"],
-            score.tempos.numpy()["time"],
-        ]
-    ).astype(np.int64)
+    if len(score.tracks) > 1:
+        return _read_track_exactly(chunk)
+    meta = [events.numpy()["time"] for events in (score.time_signatures, score.key_signatures, score.tempos) if events]
+    meta_ticks = np.concatenate(meta).astype(np.int64) if meta else np.zeros(0, dtype=np.int64)
     meters = [(ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures]
-    if not ons:
+    if not score.tracks or not score.tracks[0].notes:
         empty = np.zeros(0, dtype=np.int64)
         return _Track(empty, empty, empty, empty.astype(bool), meta_ticks, meters)
-    on = np.concatenate(ons)
-    end = np.concatenate(ends)
-    pitch = np.concatenate(pitches)
-    key = np.concatenate(keys) * 128 + pitch
+    notes = score.tracks[0].notes.numpy()
+    on = notes["time"].astype(np.int64)
+    end = on + notes["duration"]
+    pitch = notes["pitch"].astype(np.int64)
     # music21 ends a note at the first note-off of its pitch after it, even when an earlier
     # note-on of that pitch is still sounding (symusic pairs first-in first-out instead)
-    by_end = np.lexsort((end, key))
-    sorted_keys = key[by_end] << 32 | end[by_end]
-    nearest = np.minimum(np.searchsorted(sorted_keys, key << 32 | on, side="right"), len(on) - 1)
-    off = np.where(end == on, on, end[by_end][nearest])
-    order = np.argsort(on, kind="stable")
-    return _Track(on[order], off[order], pitch[order], np.concatenate(drums)[order], meta_ticks, meters)
+    by_end = np.lexsort((end, pitch))
+    nearest = np.searchsorted(pitch[by_end] << 32 | end[by_end], pitch << 32 | on, side="right")
+    off = np.where(end == on, on, end[by_end][np.minimum(nearest, len(on) - 1)])
+    order = np.argsort(on, kind="stable")  # symusic keeps note-on order: usually already sorted
+    drum = np.full(len(on), score.tracks[0].is_drum)
+    return _Track(on[order], off[order], pitch[order], drum, meta_ticks, meters)
+
+
+_META_TIMES = (0x51, 0x58, 0x59, 0x03, 0x04)  # tempo, time/key signature, track/instrument name
+_DATA_BYTES = {0x80: 2, 0x90: 2, 0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}
+
+
+def _read_variable_length(data: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value = value << 7 | byte & 0x7F
+        if byte < 0x80:
+            return value, pos
+
+
+def _read_track_exactly(chunk: bytes) -> _Track:
+    """One track read event by event, the way music21 reads and pairs it (slow; pure Python).
+
+    Used for tracks that mix channels or programs: there music21 lists simultaneous notes in file
+    order, which symusic (one track per channel and program) does not keep.
+    """
+    data = chunk[22:]  # after the MThd header and the MTrk chunk header
+    notes: list[tuple[int, bool, int, int]] = []  # (tick, is note-on, pitch, channel)
+    meta_ticks: list[int] = []
+    meters: list[tuple[int, int, int]] = []
+    pos, tick, status = 0, 0, 0x90  # music21 assumes note-on when running status has no status
+    try:
+        while pos < len(data):
+            delta, pos = _read_variable_length(data, pos)
+            if pos + 1 >= len(data):
+                break  # music21 ignores a trailing event shorter than two bytes
+            byte = data[pos]
+            if byte == 0xFF:
+                kind = data[pos + 1]
+                length, start = _read_variable_length(data, pos + 2)
+                pos = start + length
+                tick += delta
+                if kind in _META_TIMES:
+                    meta_ticks.append(tick)
+                if kind == 0x58 and length >= 2:
+                    meters.append((tick, data[start], 1 << data[start + 1]))
+                continue
+            if byte >= 0x80:
+                status = byte
+                pos += 1
+            kind = status & 0xF0
+            if kind not in _DATA_BYTES:  # system exclusive: skipped, as music21 skips it
+                length, start = _read_variable_length(data, pos)
+                pos = start + length
+                tick += delta
+                continue
+            first = data[pos]
+            second = data[pos + 1] if _DATA_BYTES[kind] == 2 and pos + 1 < len(data) else 0
+            pos += _DATA_BYTES[kind]
+            tick += delta
+            if kind == 0x90 and second > 0:
+                notes.append((tick, True, first, status & 0x0F))
+            elif kind in (0x80, 0x90):
+                notes.append((tick, False, first, status & 0x0F))
+            elif kind == 0xC0:
+                meta_ticks.append(tick)  # a program change makes a music21 Instrument
+    except IndexError:
+        pass  # a truncated last event: music21 stops reading there too
+    # music21 walks the events backwards: each note-on ends at the latest-seen note-off of its
+    # pitch and channel, i.e. the first one after it, shared by any earlier unended note-ons
+    awaiting: dict[tuple[int, int], int] = {}
+    paired: list[tuple[int, int, int, int]] = []
+    for event_tick, is_on, pitch, channel in reversed(notes):
+        if not is_on:
+            awaiting[pitch, channel] = event_tick
+        elif (pitch, channel) in awaiting:
+            paired.append((event_tick, awaiting[pitch, channel], pitch, channel))
+    paired.reverse()
+    columns = np.array(paired, dtype=np.int64).reshape(-1, 4).T
+    return _Track(
+        on=columns[0],
+        off=columns[1],
+        pitch=columns[2],
+        drum=columns[3] == 9,
+        meta_ticks=np.array(meta_ticks, dtype=np.int64),
+        meters=meters,
+    )
 
 
 def _gather_chords(track: _Track, tpq: int) -> _Elements:
@@ -200,66 +273,54 @@ def _gather_chords(track: _Track, tpq: int) -> _Elements:
     """
     on, off = track.on, track.off
     n = len(on)
-    bit = np.left_shift(1, track.pitch % 12)
-    # 4 * ticks compared with tpq: the tolerance tpq / 4 without floats
+    # clusters: runs of notes each starting less than a sixteenth after the previous one; ticks
+    # are compared times 4 with tpq, the tolerance tpq / 4 without floats
     new_cluster = np.ones(n, dtype=bool)
     new_cluster[1:] = 4 * np.diff(on) >= tpq
     starts = np.flatnonzero(new_cluster)
+    ends = np.append(starts[1:], n)
     cluster = np.cumsum(new_cluster) - 1
     with_first = (4 * (on - on[starts][cluster]) < tpq) & (
         4 * np.abs(off - off[starts][cluster]) <= tpq
     )
-    # a cluster whose notes all chord with its first note is one element: the common case
+    # the common case: every note of the cluster chords with its first note, one element
     simple = np.logical_and.reduceat(with_first, starts)
-    ends = np.append(starts[1:], n)
-    s_first = starts[simple]
-    s_last = ends[simple] - 1
-    s_mask = np.bitwise_or.reduceat(bit, starts)[simple]
-    s_drum = np.logical_or.reduceat(track.drum, starts)[simple]
-    first, last, mask, drum = [s_first], [s_last], [s_mask], [s_drum]
+
+    # the other clusters go through music21's walk, note by note
     voices_required = False
-    c_first: list[int] = []
-    c_last: list[int] = []
-    c_mask: list[int] = []
-    c_drum: list[bool] = []
-    c_size: list[int] = []
-    on_l, off_l, bit_l, drum_l = on.tolist(), off.tolist(), bit.tolist(), track.drum.tolist()
-    for start, end in zip(starts[~simple].tolist(), ends[~simple].tolist(), strict=True):
-        gathered = set()
-        for i in range(start, end):
+    window_end = np.searchsorted(4 * on, 4 * on + tpq, side="left").tolist()
+    off4 = (4 * off).tolist()
+    walked: list[int] = []  # the notes of each element, its first note first
+    sizes: list[int] = []
+    for start, stop in zip(starts[~simple].tolist(), ends[~simple].tolist(), strict=True):
+        gathered: set[int] = set()
+        for i in range(start, stop):
             if i in gathered:
                 continue
-            members = [i]
-            for j in range(i + 1, end):
-                if 4 * (on_l[j] - on_l[i]) >= tpq:
-                    break
-                if 4 * abs(off_l[j] - off_l[i]) > tpq:
-                    voices_required = True
-                    continue
-                # music21 does not skip a note already gathered by an earlier chord here
-                members.append(j)
-                gathered.add(j)
-            c_first.append(i)
-            c_last.append(members[-1])
-            m = 0
-            for k in members:
-                m |= bit_l[k]
-            c_mask.append(m)
-            c_drum.append(any(drum_l[k] for k in members))
-            c_size.append(len(members))
-    first.append(np.array(c_first, dtype=np.int64))
-    last.append(np.array(c_last, dtype=np.int64))
-    mask.append(np.array(c_mask, dtype=np.int64))
-    drum.append(np.array(c_drum, dtype=bool))
-    size = np.concatenate([ends[simple] - starts[simple], np.array(c_size, dtype=np.int64)])
-    first_all = np.concatenate(first)
-    order = np.argsort(first_all, kind="stable")
+            reach, window = off4[i], window_end[i]
+            # music21 does not skip a note already gathered by an earlier chord here
+            members = [j for j in range(i + 1, window) if abs(off4[j] - reach) <= tpq]
+            if len(members) < window - i - 1:
+                voices_required = True  # a note of the window ends elsewhere
+            gathered.update(members)
+            walked.append(i)
+            walked.extend(members)
+            sizes.append(len(members) + 1)
+
+    notes = np.concatenate([np.flatnonzero(simple[cluster]), np.array(walked, dtype=np.int64)])
+    size = np.concatenate([(ends - starts)[simple], np.array(sizes, dtype=np.int64)])
+    heads = np.cumsum(size) - size
+    mask = np.bitwise_or.reduceat(np.left_shift(1, track.pitch[notes] % 12), heads)
+    drum = np.logical_or.reduceat(track.drum[notes], heads)
+    first = notes[heads]
+    last = notes[heads + size - 1]
+    order = np.argsort(first, kind="stable")  # music21 creates the elements by first note
     return _Elements(
-        first=first_all[order],
-        last=np.concatenate(last)[order],
-        mask=np.concatenate(mask)[order],
+        first=first[order],
+        last=last[order],
+        mask=mask[order],
         size=size[order],
-        drum=np.concatenate(drum)[order],
+        drum=drum[order],
         voices_required=voices_required,
     )
 
@@ -290,19 +351,24 @@ def _barlines(meters: list[tuple[int, int, int]], horizon: int, units: int) -> n
     return np.concatenate(bars)
 
 
-def _first_fit_voices(starts: list[int], ends: list[int]) -> tuple[list[int], list[bool]]:
+def _first_fit_voices(
+    starts: list[int], ends: list[int], bar: int, units: int
+) -> tuple[list[int], list[bool], list[bool]]:
     """music21's makeVoices: each note (in order) goes to the first voice free at its start.
 
-    Also says which voices end up with a cached highestTime: music21 caches it when a later note
-    checks the voice, and forgets it when a note is inserted.
+    Also says which voices have a cached highestTime (music21 caches it when a later note checks
+    the voice, and forgets it when a note is inserted), and which ones music21 still considers
+    sorted (see `_inserted_sorted`).
     """
     voice_ends: list[int] = []
     cached: list[bool] = []
+    in_order: list[bool] = []
     voices = []
     for start, end in zip(starts, ends, strict=True):
         for v, voice_end in enumerate(voice_ends):
             cached[v] = True
             if voice_end <= start:
+                in_order[v] = in_order[v] and _inserted_sorted(start, voice_end, bar, units)
                 voice_ends[v] = max(voice_end, end)
                 cached[v] = False
                 voices.append(v)
@@ -310,8 +376,9 @@ def _first_fit_voices(starts: list[int], ends: list[int]) -> tuple[list[int], li
         else:
             voice_ends.append(end)
             cached.append(False)
+            in_order.append(True)
             voices.append(len(voice_ends) - 1)
-    return voices, cached
+    return voices, cached, in_order
 
 
 def _inserted_sorted(start: int, reach: int, bar: int, units: int) -> bool:
@@ -324,7 +391,7 @@ def _inserted_sorted(start: int, reach: int, bar: int, units: int) -> bool:
     """
     if start != reach:
         return start > reach
-    if (start * 4) % units == 0 or (start * 8) % units == 0 or start % units == 0:
+    if start % 3 == 0:
         return True  # a binary fraction of a quarter: exact in floats
     local = start / units - bar / units
     return Fraction(local) > Fraction(start - bar, units)
@@ -396,22 +463,22 @@ def _layout_part(
         made_voices[m_sorted[1:][overlap]] = True
     has_voices = made_voices.copy()  # grows as makeTies moves notes into voices
 
-    members_of: dict[int, np.ndarray] = {}
+    # elements in music21's order within a measure: by offset, grace notes first, then creation
+    measure_order = np.lexsort((np.arange(n), ~grace, offset))
+    bounds = np.searchsorted(measure[measure_order], np.arange(len(bars) + 1))
 
     def members(m: int) -> np.ndarray:
-        """Elements of measure m in music21's order: by offset, grace notes first, then creation."""
-        if m not in members_of:
-            inside = np.flatnonzero(measure == m)
-            members_of[m] = inside[np.lexsort((inside, ~grace[inside], offset[inside]))]
-        return members_of[m]
+        return measure_order[bounds[m] : bounds[m + 1]]
 
-    voicing: dict[int, tuple[dict[int, int], list[bool]]] = {}
+    voicing: dict[int, tuple[dict[int, int], list[bool], list[bool]]] = {}
 
-    def voices_of(m: int) -> tuple[dict[int, int], list[bool]]:
+    def voices_of(m: int) -> tuple[dict[int, int], list[bool], list[bool]]:
         if m not in voicing:
             inside = members(m)
-            found, cached = _first_fit_voices(offset[inside].tolist(), end[inside].tolist())
-            voicing[m] = (dict(zip(inside.tolist(), found, strict=True)), cached)
+            found, cached, in_order = _first_fit_voices(
+                offset[inside].tolist(), end[inside].tolist(), int(bars[m]), units
+            )
+            voicing[m] = (dict(zip(inside.tolist(), found, strict=True)), cached, in_order)
         return voicing[m]
 
     originals: dict[int, list[int]] = {}
@@ -431,7 +498,8 @@ def _layout_part(
         bar_end = int(bars[m + 1])
         walk: list[tuple[tuple[int, int, int, int], int, int]] = []
         own = originals.get(m, [])
-        voice_of = voices_of(m)[0] if made_voices[m] and own else {}
+        many = len(own) + len(arrived.get(m, ())) > 1  # voices only matter to order several
+        voice_of = voices_of(m)[0] if made_voices[m] and own and many else {}
         for e in own:
             walk.append(((voice_of.get(e, 0), int(offset[e]), 0, e), e, int(end[e])))
         for seq, (e, piece_end, walked, _) in enumerate(arrived.get(m, [])):
@@ -466,12 +534,14 @@ def _layout_part(
         bar_end = int(bars[m + 1])
         inside = members(m)
         if made_voices[m]:
-            voice_of, cached = voices_of(m)
+            voice_of, cached, in_order = voices_of(m)
             cached = list(cached)
-            incoming = arrived.get(m, [])
             local_meta = meta[(meta >= bars[m]) & (meta < bar_end)]
             if len(cached) > 1 and not (local_meta > bars[m]).any():
                 cached[0] = True  # read when the measure inserted its second voice
+            # makeTies first sorts (and so resets) every voice music21 thinks unsorted
+            cached = [c and s for c, s in zip(cached, in_order, strict=True)]
+            incoming = arrived.get(m, [])
             if any(a[3] for a in incoming):
                 cached[0] = False  # a piece was inserted into voice 0
             elif incoming:
@@ -544,7 +614,7 @@ def _place_part(
     offset = quantize_offsets(onset, tpq)
     # a duration is quantized towards the next later offset in the part, its own time/key
     # signatures and tempos included (the conductor's are copied in only afterwards)
-    points = np.unique(np.concatenate([offset, quantize_offsets(track.meta_ticks, tpq)]))
+    points = np.sort(np.concatenate([offset, quantize_offsets(track.meta_ticks, tpq)]))
     next_index = np.searchsorted(points, offset, side="right")
     has_gap = next_index < len(points)
     gap = np.where(has_gap, points[np.minimum(next_index, len(points) - 1)] - offset, 0)
@@ -560,11 +630,15 @@ def _place_part(
     )
 
 
+@cache
+def _chord_tokens() -> np.ndarray:
+    return np.array(normal_order_table(), dtype=object)
+
+
 def _element_tokens(track: _Track, elements: _Elements) -> np.ndarray:
     """The paper's token of each element: a Note's pitch name, a Chord's normal order."""
-    table = np.asarray(normal_order_table(), dtype=object)
     names = _NOTE_TOKEN_ARRAY[track.pitch[elements.first]]
-    return np.where(elements.size == 1, names, table[elements.mask])
+    return np.where(elements.size == 1, names, _chord_tokens()[elements.mask])
 
 
 class PaperTokenizer(Tokenizer):
@@ -604,14 +678,13 @@ class PaperTokenizer(Tokenizer):
         keys: list[np.ndarray] = []
         tokens: list[np.ndarray] = []
         for track in tracks:
+            if not len(track.on) and not len(track.meta_ticks):
+                continue
             meta = quantize_offsets(track.meta_ticks, tpq) * scale
+            meter_ticks = np.array([t for t, _, _ in track.meters], dtype=np.int64)
             meters = [
                 (int(q) * scale, n, d)
-                for q, (_, n, d) in zip(
-                    quantize_offsets(np.array([t for t, _, _ in track.meters], dtype=np.int64), tpq),
-                    track.meters,
-                    strict=True,
-                )
+                for q, (_, n, d) in zip(quantize_offsets(meter_ticks, tpq), track.meters, strict=True)
             ]
             if not len(track.on):
                 conductor_meters.extend(meters)
@@ -638,6 +711,18 @@ class PaperTokenizer(Tokenizer):
             return []
         order = np.lexsort(np.concatenate(keys, axis=1)[::-1])
         return np.concatenate(tokens)[order].tolist()
+
+    def transpose(self, token: str, semitones: int) -> str | None:
+        """A note token moved by `semitones` (None past MIDI 0-127); a chord token's pitch classes moved, in normal order."""
+        if token in _NOTE_PITCHES:
+            pitch = _NOTE_PITCHES[token] + semitones
+            return NOTE_TOKENS[pitch] if 0 <= pitch <= 127 else None
+        if _is_chord_token(token):
+            mask = 0
+            for pc in token.split("."):
+                mask |= 1 << ((int(pc) + semitones) % 12)
+            return normal_order_table()[mask]
+        return token
 
     def decode(self, tokens: list[str], tempo_qpm: float = 120.0) -> symusic.Score:
         pitches: list[int] = []

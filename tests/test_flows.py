@@ -1,0 +1,293 @@
+"""Orchestration end to end, on a real Prefect server: the pipeline flow, and drift that triggers retraining.
+
+A tiny project (a git + DVC repository of small MIDI files, timed tokens, the demo preset) is built once;
+`python -m flows.pipeline` trains it, then `flows/serve.py` serves the deployments, a drifted set makes
+`monitor` emit `pianola.drift.detected`, and the retrain deployment it triggers registers a new model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import symusic
+import yaml
+from mlflow.tracking import MlflowClient
+from prefect.states import Failed
+
+from conftest import make_midi, motif_notes
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))  # tasks/ and flows/ run from the project root; they are not installed
+
+from pianola.errors import PianolaError  # noqa: E402
+from tasks import retry_unless_bad_input  # noqa: E402
+from tasks.dvc import DvcError, push, run_stage  # noqa: E402
+
+SERVER_START_S = 180
+RUN_S = 420  # the retrain flow reruns every stage on 2 shared cores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process this test started, and its children (it leads its own process group)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("flows")
+
+
+@pytest.fixture(scope="module")
+def api(work: Path) -> Iterator[str]:
+    """A Prefect server on a free local port, with its database in the test's folder."""
+    home = work / "prefect-server"
+    home.mkdir()
+    port = free_port()
+    env = os.environ | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_UI_ENABLED": "false",  # the test needs the API only
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    log = home / "server.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            assert server.poll() is None, f"prefect server exited:\n{tail(log)}"
+            assert time.monotonic() < deadline, f"prefect server not healthy after {SERVER_START_S} s:\n{tail(log)}"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop(server)
+
+
+@pytest.fixture(scope="module")
+def project(work: Path) -> Path:
+    """A git + DVC repository like tests/test_dvc.py's, with a local DVC remote and a drifted set beside it."""
+    for key in range(6):
+        make_midi(work / "source" / f"piece{key}.mid", motif_notes(key))
+        score = symusic.Score(str(work / "source" / f"piece{key}.mid")).shift_pitch(24)
+        (work / "drifted").mkdir(exist_ok=True)
+        score.dump_midi(str(work / "drifted" / f"up{key}.mid"))
+    repo = work / "repo"
+    for name in ("pianola", "tasks", "flows"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["ingest"]["source"] = str(work / "source")
+    params["tokenize"]["tokenizer"] = "timed"
+    params["sequences"].update(window=16, valid_fraction=0.34)
+    params["train"]["preset"] = "demo"
+    params["generate"].update(n=1, length=32, flags={"wav": False})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = flow_env(work, "")
+    run(["git", "init", "-q"], repo, env)
+    run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
+    run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(work / "dvc-remote")], repo, env)
+    return repo
+
+
+def flow_env(work: Path, api: str) -> dict:
+    """The environment flows run in: the test's Prefect server and MLflow store, this venv first on PATH."""
+    return os.environ | {
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_API_URL": api,
+        "PREFECT_HOME": str(work / "prefect-client"),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # served runs start within a second of being scheduled
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+    }
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(work: Path, project: Path, api: str) -> dict:
+    """`python -m flows.pipeline` once on the tiny project; its printed result."""
+    done = run([sys.executable, "-m", "flows.pipeline"], project, flow_env(work, api))
+    return json.loads(done.stdout)  # Prefect logs to stderr
+
+
+def mlflow_client(work: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+
+
+def test_pipeline_flow_trains_registers_generates_and_leaves_dvc_clean(
+    work: Path, project: Path, api: str, pipeline_run: dict
+) -> None:
+    assert pipeline_run["stages"] == ["ingest", "tokenize", "sequences", "train", "evaluate", "generate"]
+    assert pipeline_run["candidate"] == "1" and pipeline_run["promoted"] and pipeline_run["pushed_to"] == "local"
+    assert pipeline_run["heldout"]["cross_entropy"] > 0
+    champion = mlflow_client(work).get_model_version_by_alias("pianola", "champion")
+    assert str(champion.version) == "1" and champion.run_id == pipeline_run["mlflow_run"]
+    assert list((project / "outputs" / "generated").glob("*.mid"))
+    # The same lineage as `dvc repro`: every stage locked, nothing left to run, the data pushed.
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(pipeline_run["stages"])
+    status = run([sys.executable, "-m", "dvc", "status"], project, flow_env(work, api))
+    assert "Data and pipelines are up to date" in status.stdout
+    assert any((work / "dvc-remote").rglob("*"))
+    top_level = {"flows": {"name": {"any_": ["pipeline"]}},
+                 "flow_runs": {"deployment_id": {"is_null_": True}, "parent_task_run_id": {"is_null_": True}}}
+    assert [r["state"]["type"] for r in httpx.post(f"{api}/flow_runs/filter", json=top_level).json()] == ["COMPLETED"]
+    artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["pianola-pipeline"]}}}).json()
+    assert "version 1 is the first champion" in artifacts[0]["data"]
+
+
+@dataclass
+class Served:
+    client: httpx.Client  # of the Prefect API
+    log: Path  # what flows.serve and its flow runs printed
+
+
+@pytest.fixture(scope="module")
+def served(work: Path, project: Path, api: str, pipeline_run: dict) -> Iterator[Served]:
+    """`python -m flows.serve` in the trained project, once its retrain deployment is up."""
+    log = work / "serve.log"
+    with open(log, "w") as out:
+        serve = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=project, env=flow_env(work, api),
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    client = httpx.Client(base_url=api, timeout=30)
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while client.get("/deployments/name/retrain/on-drift").status_code != 200:
+            assert serve.poll() is None, f"flows.serve exited:\n{tail(log)}"
+            assert time.monotonic() < deadline, f"deployments not served after {SERVER_START_S} s:\n{tail(log)}"
+            time.sleep(0.5)
+        yield Served(client, log)
+    finally:
+        stop(serve)
+        client.close()
+
+
+def start(served: Served, deployment: str, parameters: dict) -> str:
+    """Start a run of a served deployment, as the UI's "Run" button does; its id."""
+    found = served.client.get(f"/deployments/name/{deployment}")
+    assert found.status_code == 200, found.text
+    created = served.client.post(f"/deployments/{found.json()['id']}/create_flow_run", json={"parameters": parameters})
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def finished(served: Served, flow_run_id: str) -> dict:
+    """The flow run once it has reached a final state."""
+    deadline = time.monotonic() + RUN_S
+    while time.monotonic() < deadline:
+        flow_run = served.client.get(f"/flow_runs/{flow_run_id}").json()
+        if flow_run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return flow_run
+        time.sleep(1)
+    raise AssertionError(f"flow run {flow_run_id} not finished after {RUN_S} s:\n{tail(served.log)}")
+
+
+def runs_of(served: Served, deployment: str) -> list[dict]:
+    deployment_id = served.client.get(f"/deployments/name/{deployment}").json()["id"]
+    return served.client.post("/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [deployment_id]}}}).json()
+
+
+def test_drift_event_triggers_a_retrain_that_registers_a_new_model(work: Path, project: Path, served: Served) -> None:
+    quiet = finished(served, start(served, "monitor/daily", {"current": str(work / "source")}))
+    assert quiet["state"]["type"] == "COMPLETED", tail(served.log)
+    loud = finished(served, start(served, "monitor/daily", {"current": str(work / "drifted")}))
+    assert loud["state"]["type"] == "COMPLETED", tail(served.log)
+
+    deadline = time.monotonic() + RUN_S
+    while not (retrains := runs_of(served, "retrain/on-drift")) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(retrains) == 1, f"the drift event started no retrain run:\n{tail(served.log)}"
+    retrain = finished(served, retrains[0]["id"])
+    assert retrain["state"]["type"] == "COMPLETED", tail(served.log, 8000)
+    assert retrain["parameters"] == {"current": str((work / "drifted").resolve())}
+
+    # One event, from the drifted set only, carrying the figures; the training corpus fired nothing.
+    events = served.client.post("/events/filter", json={"filter": {"event": {"name": ["pianola.drift.detected"]}}}).json()
+    assert events["total"] == 1
+    payload = events["events"][0]["payload"]
+    assert payload["drifted"] and payload["features"]["pitch"]["normalised"] > payload["threshold"]
+    assert payload["reason"].startswith("pitch moved") and payload["features"]["pitch"]["distance"] == 24.0
+    assert len(runs_of(served, "retrain/on-drift")) == 1
+
+    # The new pieces joined the corpus, and a model trained on them was registered as a new version.
+    assert sorted(p.name for p in (work / "source" / "drifted").iterdir()) == [f"up{k}.mid" for k in range(6)]
+    versions = mlflow_client(work).search_model_versions("name='pianola'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    status = run([sys.executable, "-m", "dvc", "status"], project, flow_env(work, ""))
+    assert "Data and pipelines are up to date" in status.stdout
+    keys = ["pianola-drift", "pianola-retrain"]
+    artifacts = served.client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": keys}}}).json()
+    assert {a["key"] for a in artifacts} == set(keys)
+
+
+def test_generate_deployment_logs_a_batch_from_the_champion_to_mlflow(work: Path, project: Path, served: Served) -> None:
+    out = project / "outputs" / "batches" / "test"
+    flow_run = finished(served, start(served, "generate/on-demand", {"n": 2, "length": 16, "out": str(out)}))
+    assert flow_run["state"]["type"] == "COMPLETED", tail(served.log)
+    assert sorted(p.name for p in out.glob("*.mid")) == ["piece_000.mid", "piece_001.mid"]
+    client = mlflow_client(work)
+    runs = client.search_runs([client.get_experiment_by_name("pianola").experiment_id], "tags.`pianola.kind` = 'generation'")
+    from_champion = [r for r in runs if r.data.params["model"] == "models:/pianola@champion"]
+    assert len(from_champion) == 1 and from_champion[0].data.params["n"] == "2"
+    assert "pieces/piece_000.mid" in {a.path for a in client.list_artifacts(from_champion[0].info.run_id, "pieces")}
+
+
+def test_a_flow_run_from_the_command_line_reports_bad_input_in_one_line(work: Path, project: Path, api: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "flows.monitor", "--reference", str(work / "source"), "--current", "nowhere"], cwd=project,
+                          env=flow_env(work, api), capture_output=True, text=True)
+    assert done.returncode == 1 and not done.stdout
+    assert done.stderr.rstrip().endswith(
+        "error: current set nowhere: not found; pass a folder of MIDI files, a MIDI file, a tokens.jsonl file or a folder holding one"
+    )
+
+
+def test_a_failed_stage_raises_with_dvc_stderr_and_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], check=True)
+    with pytest.raises(DvcError, match=r"`dvc repro nosuchstage` failed \(exit \d+\):\nERROR"):
+        run_stage.fn("nosuchstage")
+    with pytest.raises(PianolaError, match="no default DVC remote"):
+        push.fn()
+    assert run_stage.retries == 0 and push.retries == 3
+    assert not retry_unless_bad_input(push, None, Failed(data=PianolaError("no remote")))
+    assert retry_unless_bad_input(push, None, Failed(data=DvcError("connection reset")))

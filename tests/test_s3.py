@@ -1,0 +1,273 @@
+"""S3 storage against a real S3-compatible server (SeaweedFS on 127.0.0.1): ingest from a prefix, publish,
+the errors a user meets, a DVC remote on a bucket (a server crash mid-push included) and MLflow's S3 artifacts.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import make_midi, scale_notes
+from fixtures_s3 import s3_bucket, s3_env, s3_server  # noqa: F401 - fixtures, found by pytest among the module's names
+from fixtures_s3 import ACCESS_KEY, SECRET_KEY, STRANGER_KEY, STRANGER_SECRET, SeaweedFS, free_ports
+from pianola.errors import PianolaError
+from pianola.ingest import ingest
+from pianola.sources import open_source
+from pianola.storage import MiB, S3Source, StorageUnreachable, publish, s3_client
+
+BIN = Path(sys.executable).parent
+MLFLOW_START_S = 120
+
+
+def put(server: SeaweedFS, bucket: str, objects: dict[str, bytes]) -> None:
+    client = server.client()
+    for key, body in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def midi_bytes(tmp_path: Path, pitch: int) -> bytes:
+    return make_midi(tmp_path / "made" / f"{pitch}.mid", scale_notes(12, start_pitch=pitch)).read_bytes()
+
+
+def test_ingest_from_a_prefix_keeps_valid_objects_and_rejects_invalid_ones_unread(s3_env, s3_bucket, tmp_path) -> None:
+    put(s3_env, s3_bucket, {
+        "midi/chopin/etude.mid": midi_bytes(tmp_path, 60),
+        "midi/bach/prelude.MID": midi_bytes(tmp_path, 48),
+        "midi/error.mid": b"<!DOCTYPE html><html>NoSuchKey</html>",
+        "midi/huge.mid": b"MThd" + bytes(30_000),
+        "midi/notes.txt": b"not a candidate",
+        "midis/outside.mid": midi_bytes(tmp_path, 50),  # shares the prefix's letters, not its folder
+    })  # fmt: skip
+    assert isinstance(open_source(f"s3://{s3_bucket}/midi"), S3Source)
+    client = s3_client()  # the endpoint comes from PIANOLA_S3_ENDPOINT_URL
+    downloaded: list[str] = []
+    client.meta.events.register("provide-client-params.s3.GetObject", lambda params, **_: downloaded.append(params["Key"]))
+
+    report = ingest(S3Source(f"s3://{s3_bucket}/midi", client=client), tmp_path / "out", max_bytes=20_000, progress=False)
+
+    entries = {e["source"]: e for e in report.entries}
+    url = f"s3://{s3_bucket}/midi/"
+    assert list(entries) == [url + k for k in ("bach/prelude.MID", "chopin/etude.mid", "error.mid", "huge.mid")]
+    assert [entries[url + k]["name"] for k in ("bach/prelude.MID", "chopin/etude.mid")] == ["bach_prelude.mid", "chopin_etude.mid"]
+    assert entries[url + "error.mid"]["reason"] == "looks like HTML, not MIDI"
+    assert entries[url + "huge.mid"]["reason"] == "over the size cap: 30,004 bytes > 20,000"
+    assert "midi/huge.mid" not in downloaded  # refused on its listed size, never fetched
+    assert (tmp_path / "out" / "chopin_etude.mid").read_bytes() == midi_bytes(tmp_path, 60)
+
+
+def test_publish_uploads_a_folder_and_sends_large_files_as_multipart(s3_env, s3_bucket, tmp_path) -> None:
+    batch = tmp_path / "batch"
+    (batch / "report").mkdir(parents=True)
+    (batch / "piece-1.mid").write_bytes(midi_bytes(tmp_path, 60))
+    (batch / "report" / "metrics.json").write_text('{"repetition": 0.1}')
+    (batch / "audio.wav").write_bytes(os.urandom(6 * MiB))
+
+    urls = publish(batch, f"s3://{s3_bucket}/runs/7/", multipart_threshold=5 * MiB)
+
+    assert urls == [f"s3://{s3_bucket}/runs/7/{k}" for k in ("audio.wav", "piece-1.mid", "report/metrics.json")]
+    client = s3_env.client()
+    for path in (batch / "audio.wav", batch / "piece-1.mid", batch / "report" / "metrics.json"):
+        key = "runs/7/" + path.relative_to(batch).as_posix()
+        assert client.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == path.read_bytes()
+    # S3 marks a multipart object's ETag with its part count: 6 MiB in 5 MiB parts is 2.
+    assert client.head_object(Bucket=s3_bucket, Key="runs/7/audio.wav")["ETag"].endswith('-2"')
+    assert "-" not in client.head_object(Bucket=s3_bucket, Key="runs/7/piece-1.mid")["ETag"]
+
+
+def test_missing_bucket_denied_access_and_unreachable_endpoint_are_clear_errors(s3_env, s3_bucket, tmp_path, monkeypatch) -> None:
+    put(s3_env, s3_bucket, {"midi/a.mid": midi_bytes(tmp_path, 60)})
+    (tmp_path / "batch").mkdir()
+    (tmp_path / "batch" / "a.txt").write_text("a")
+    endpoint = s3_env.endpoint
+
+    def ingest_error() -> str:
+        with pytest.raises(PianolaError) as caught:
+            ingest(f"s3://{s3_bucket}/midi", tmp_path / "out", progress=False)
+        return str(caught.value)
+
+    def publish_error(bucket: str = s3_bucket) -> str:
+        with pytest.raises(PianolaError) as caught:
+            publish(tmp_path / "batch", f"s3://{bucket}/out")
+        return str(caught.value)
+
+    with pytest.raises(PianolaError, match=f"S3 bucket 'no-such-bucket-here' at {endpoint} does not exist"):
+        list(open_source("s3://no-such-bucket-here/midi").items())
+    assert f"S3 bucket 'no-such-bucket-here' at {endpoint} does not exist" in publish_error("no-such-bucket-here")
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    assert "the secret access key does not match the access key id; check AWS_ACCESS_KEY_ID" in ingest_error()
+    assert f"access denied to S3 bucket {s3_bucket!r} at {endpoint} (publishing" in publish_error()
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
+    assert f"S3 bucket {s3_bucket!r} at {endpoint} does not know the access key id" in ingest_error()
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", STRANGER_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", STRANGER_SECRET)
+    assert f"access denied to S3 bucket {s3_bucket!r} at {endpoint} (listing s3://{s3_bucket}/midi/, AccessDenied)" in ingest_error()
+
+    (closed,) = free_ports(1)
+    monkeypatch.setenv("PIANOLA_S3_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    started = time.monotonic()
+    assert f"cannot reach the S3 endpoint http://127.0.0.1:{closed} (listing" in ingest_error()
+    with pytest.raises(StorageUnreachable, match=rf"cannot reach the S3 endpoint http://127.0.0.1:{closed} \(publishing"):
+        publish(tmp_path / "batch", f"s3://{s3_bucket}/out")  # a subclass: a caller may retry this one later
+    assert time.monotonic() - started < 15  # short timeouts and few retries, not minutes
+
+
+def tool_env(tmp_path: Path, server: SeaweedFS, **extra: str) -> dict[str, str]:
+    """The environment of dvc/git/mlflow subprocesses: no usage reports, no update checks, no user config."""
+    config_dir = tmp_path / "dvc-global"
+    config_dir.mkdir(exist_ok=True)
+    (config_dir / "config").write_text("[core]\n    analytics = false\n    check_update = false\n")
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PIANOLA_S3", "MLFLOW_"))},
+        **server.env(),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_GLOBAL_CONFIG_DIR": str(config_dir),
+        "DVC_SYSTEM_CONFIG_DIR": str(config_dir),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org",
+        **extra,
+    }  # fmt: skip
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str], *, ok: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if ok:
+        assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def dvc_repo(repo: Path, data: dict[str, bytes], env: dict[str, str]) -> None:
+    """A git + DVC repository whose data/ folder is tracked by DVC and committed."""
+    repo.mkdir()
+    for name, body in data.items():
+        (repo / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "data" / name).write_bytes(body)
+    run(["git", "init", "-q"], repo, env)
+    run(["dvc", "init", "-q"], repo, env)
+    run(["dvc", "add", "-q", "data"], repo, env)
+
+
+def commit_and_clone(repo: Path, clone: Path, env: dict[str, str]) -> None:
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "data"], repo, env)
+    run(["git", "clone", "-q", str(repo), str(clone)], clone.parent, env)
+    assert not (clone / "data").exists() and not (clone / ".dvc" / "config.local").exists()
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
+
+
+def test_dvc_remote_on_a_bucket_push_then_pull_into_a_fresh_clone(s3_server, s3_bucket, tmp_path) -> None:
+    env = tool_env(tmp_path, s3_server)
+    repo = tmp_path / "repo"
+    dvc_repo(repo, {"raw/a.mid": midi_bytes(tmp_path, 60), "raw/b.mid": midi_bytes(tmp_path, 62), "notes.bin": os.urandom(70_000)}, env)
+    # The commands docs/storage.md gives; the credentials go to .dvc/config.local, which git ignores.
+    plain = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    run(["dvc", "remote", "add", "-d", "s3", f"s3://{s3_bucket}/dvcstore"], repo, plain)
+    run(["dvc", "remote", "modify", "s3", "endpointurl", s3_server.endpoint], repo, plain)
+    run(["dvc", "remote", "modify", "--local", "s3", "access_key_id", ACCESS_KEY], repo, plain)
+    run(["dvc", "remote", "modify", "--local", "s3", "secret_access_key", SECRET_KEY], repo, plain)
+    assert SECRET_KEY not in (repo / ".dvc" / "config").read_text()
+    assert "pushed" in run(["dvc", "push"], repo, plain).stdout
+    assert any(k.startswith("dvcstore/files/md5/") for k in s3_server.keys(s3_bucket))
+
+    clone = tmp_path / "clone"
+    commit_and_clone(repo, clone, env)
+    run(["dvc", "pull"], clone, env)  # the other documented way: credentials from the environment
+    assert same_tree(repo / "data", clone / "data")
+
+
+def test_dvc_push_cut_by_a_server_crash_fails_clearly_and_the_retry_loses_nothing(tmp_path) -> None:
+    server = SeaweedFS(tmp_path / "seaweedfs")
+    server.start()
+    try:
+        bucket = server.create_bucket()
+        # One try per request: a dead endpoint fails each file at once instead of after minutes of retries.
+        env = tool_env(tmp_path, server, AWS_MAX_ATTEMPTS="1", AWS_RETRY_MODE="standard")
+        repo = tmp_path / "repo"
+        dvc_repo(repo, {f"part{i // 50}/f{i}.bin": os.urandom(4096) for i in range(200)}, env)
+        (repo / ".dvc" / "config").write_text(
+            f"[core]\n    remote = s3\n['remote \"s3\"']\n    url = s3://{bucket}/dvcstore\n    endpointurl = {server.endpoint}\n"
+        )
+
+        push = subprocess.Popen(["dvc", "push"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while len(server.keys(bucket)) < 20:
+            assert push.poll() is None, f"dvc push ended before the crash:\n{push.stdout.read() if push.stdout else ''}"
+            assert time.monotonic() < deadline, "dvc push uploaded too little in 120 s"
+            time.sleep(0.05)
+        server.stop(kill=True)
+        output, _ = push.communicate(timeout=120)
+        assert push.returncode != 0
+        assert "failed to push data to the cloud" in output and f"Could not connect to the endpoint URL: \"{server.endpoint}/{bucket}/dvcstore/" in output
+
+        server.start()  # same data folder, same ports
+        assert "pushed" in run(["dvc", "push"], repo, env).stdout
+        clone = tmp_path / "clone"
+        commit_and_clone(repo, clone, env)
+        run(["dvc", "pull"], clone, env)
+        assert same_tree(repo / "data", clone / "data")
+    finally:
+        server.stop()
+
+
+def test_mlflow_server_keeps_run_artifacts_in_the_bucket(s3_server, s3_bucket, tmp_path, monkeypatch) -> None:
+    (port,) = free_ports(1)
+    env = tool_env(
+        tmp_path, s3_server, MLFLOW_S3_ENDPOINT_URL=s3_server.endpoint,
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # its job workers would double the start-up time
+    )  # fmt: skip
+    command = [
+        str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--artifacts-destination", f"s3://{s3_bucket}/mlflow", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    log = tmp_path / "mlflow.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow import MlflowClient  # imported while the server starts: both take seconds
+
+        deadline = time.monotonic() + MLFLOW_START_S
+        while True:
+            assert server.poll() is None, f"mlflow server exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"mlflow server not healthy after {MLFLOW_START_S} s:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+
+        client = MlflowClient(tracking_uri=url)
+        run_id = client.create_run("0").info.run_id
+        client.log_text(run_id, "a generated batch", "batches/notes.txt")
+        client.set_terminated(run_id)
+
+        key = f"mlflow/0/{run_id}/artifacts/batches/notes.txt"
+        assert key in s3_server.keys(s3_bucket, "mlflow/")
+        assert s3_server.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"a generated batch"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # `mlflow server` runs uvicorn as a child: stop the group
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
