@@ -218,6 +218,18 @@ def drift(
     typer.echo(json.dumps(report.to_json()) if as_json else report.summary())
 
 
+@app.command()
+def publish(
+    folder: Annotated[Path, typer.Argument(help="A folder to upload, e.g. a generated batch")],
+    to: Annotated[str, typer.Option(help="Destination: s3://bucket/prefix (endpoint and credentials from AWS_* variables)")],
+) -> None:
+    """Upload a folder (generated pieces, reports) to S3 or an S3-compatible store."""
+    from pianola.storage import publish as run_publish
+
+    keys = run_publish(folder, to)
+    typer.echo(f"uploaded {len(keys)} file(s) to {to}")
+
+
 def main() -> None:
     """Entry point: run the app, turning PianolaError into a one-line message and exit code 1."""
     try:

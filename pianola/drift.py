@@ -347,7 +347,7 @@ def merge_new_pieces(current: str | os.PathLike, source: str | os.PathLike) -> l
     so a piece already in the corpus is never overwritten. Returns the files written.
     """
     current, source_dir = Path(current), Path(source)
-    if not source_dir.is_dir():
+    if not str(source) or not source_dir.is_dir():  # Path("") is the working directory
         raise PianolaError(
             f"the corpus source {str(source)!r} is not a folder: retraining adds the new pieces to a folder "
             "source; set ingest.source in params.yaml to a folder of MIDI files"

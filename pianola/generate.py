@@ -125,11 +125,16 @@ def generate_ids(bundle: Bundle, primers: np.ndarray, length: int, sampling: Sam
     batch = len(primers)
     out = np.zeros((batch, length), dtype=np.int32)
     if bundle.input_kind == "tokens":
+        from threadpoolctl import threadpool_limits
+
         stepper = LSTMStepper(bundle.model)
-        probs, state = stepper.run(primers)
-        for t in range(length):
-            out[:, t] = sample_next(probs, sampling, rng)
-            probs, state = stepper.step(out[:, t], state)
+        # The products of one step are too small to share between threads: OpenBLAS's threads
+        # spin-wait for each other and, on a busy machine, run several times slower than one.
+        with threadpool_limits(limits=1, user_api="blas"):
+            probs, state = stepper.run(primers)
+            for t in range(length):
+                out[:, t] = sample_next(probs, sampling, rng)
+                probs, state = stepper.step(out[:, t], state)
         return out
     from pianola.evaluate import next_token_probs
 

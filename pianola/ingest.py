@@ -79,7 +79,7 @@ def ingest(
 
     `limit` > 0 stops after that many files are ingested (the manifest then lists the inputs seen so far).
     """
-    src = open_source(source) if isinstance(source, str) else source
+    src = open_source(source, out_dir=out_dir, max_bytes=max_bytes) if isinstance(source, str) else source
     out_dir = Path(out_dir)
     report = IngestReport(source=src.spec, out_dir=out_dir, entries=[])
     first_copy: dict[str, str] = {}  # sha256 -> output name of the first ok file with those bytes

@@ -99,7 +99,12 @@ def storage_error(
     where = f"S3 bucket {bucket!r} at {endpoint}"
     if isinstance(error, S3UploadFailedError) and isinstance(error.__context__, ClientError):
         error = error.__context__  # boto3 flattens the upload's ClientError into text
-    if isinstance(error, (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError)):
+    if isinstance(error, ReadTimeoutError):
+        return StorageUnreachable(
+            f"the S3 endpoint {endpoint} did not answer within {READ_TIMEOUT_S} s ({doing}, bucket {bucket!r}); "
+            "check the server's load and the network, then try again"
+        )
+    if isinstance(error, (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError)):
         return StorageUnreachable(
             f"cannot reach the S3 endpoint {endpoint} ({doing}, bucket {bucket!r}): {error}; "
             f"check that the server is running and the endpoint URL ({ENDPOINT_HINT})"

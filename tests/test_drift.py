@@ -162,7 +162,8 @@ def test_new_pieces_merge_into_the_source_once_and_overwrite_nothing(corpus: Pat
     written = merge_new_pieces(incoming, source)
     assert (source / "incoming" / "piece0.mid").read_bytes() != (incoming / "piece0.mid").read_bytes()
     assert any(p.name.startswith("piece0-") for p in written) and len(written) == 4
-    with pytest.raises(PianolaError, match="'music21:bach' is not a folder"):
-        merge_new_pieces(incoming, "music21:bach")
+    for not_a_folder in ("music21:bach", ""):
+        with pytest.raises(PianolaError, match=f"the corpus source '{not_a_folder}' is not a folder"):
+            merge_new_pieces(incoming, not_a_folder)
     with pytest.raises(PianolaError, match="tokens.jsonl: no MIDI files to add to the corpus"):
         merge_new_pieces(tmp_path / "tokens.jsonl", source)

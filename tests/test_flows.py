@@ -108,11 +108,10 @@ def api(work: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def project(work: Path) -> Path:
     """A git + DVC repository like tests/test_dvc.py's, with a local DVC remote and a drifted set beside it."""
+    (work / "drifted").mkdir()
     for key in range(6):
-        make_midi(work / "source" / f"piece{key}.mid", motif_notes(key))
-        score = symusic.Score(str(work / "source" / f"piece{key}.mid")).shift_pitch(24)
-        (work / "drifted").mkdir(exist_ok=True)
-        score.dump_midi(str(work / "drifted" / f"up{key}.mid"))
+        piece = make_midi(work / "source" / f"piece{key}.mid", motif_notes(key))
+        symusic.Score(str(piece)).shift_pitch(24).dump_midi(str(work / "drifted" / f"up{key}.mid"))  # two octaves up
     repo = work / "repo"
     for name in ("pianola", "tasks", "flows"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -124,22 +123,21 @@ def project(work: Path) -> Path:
     params["train"]["preset"] = "demo"
     params["generate"].update(n=1, length=32, flags={"wav": False})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = flow_env(work, "")
+    env = flow_env(work)
     run(["git", "init", "-q"], repo, env)
     run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
     run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(work / "dvc-remote")], repo, env)
     return repo
 
 
-def flow_env(work: Path, api: str) -> dict:
-    """The environment flows run in: the test's Prefect server and MLflow store, this venv first on PATH."""
+def flow_env(work: Path, api: str | None = None) -> dict:
+    """The environment flows run in: the test's Prefect server (`api`) and MLflow store, this venv first on PATH."""
     return os.environ | {
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PREFECT_API_URL": api,
         "PREFECT_HOME": str(work / "prefect-client"),
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # served runs start within a second of being scheduled
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-    }
+    } | ({"PREFECT_API_URL": api} if api else {})
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +163,7 @@ def test_pipeline_flow_trains_registers_generates_and_leaves_dvc_clean(
     # The same lineage as `dvc repro`: every stage locked, nothing left to run, the data pushed.
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(pipeline_run["stages"])
-    status = run([sys.executable, "-m", "dvc", "status"], project, flow_env(work, api))
+    status = run([sys.executable, "-m", "dvc", "status"], project, flow_env(work))
     assert "Data and pipelines are up to date" in status.stdout
     assert any((work / "dvc-remote").rglob("*"))
     top_level = {"flows": {"name": {"any_": ["pipeline"]}},
@@ -252,7 +250,7 @@ def test_drift_event_triggers_a_retrain_that_registers_a_new_model(work: Path, p
     assert sorted(p.name for p in (work / "source" / "drifted").iterdir()) == [f"up{k}.mid" for k in range(6)]
     versions = mlflow_client(work).search_model_versions("name='pianola'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]
-    status = run([sys.executable, "-m", "dvc", "status"], project, flow_env(work, ""))
+    status = run([sys.executable, "-m", "dvc", "status"], project, flow_env(work))
     assert "Data and pipelines are up to date" in status.stdout
     keys = ["pianola-drift", "pianola-retrain"]
     artifacts = served.client.post("/artifacts/filter", json={"artifacts": {"key": {"any_": keys}}}).json()

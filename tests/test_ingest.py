@@ -381,9 +381,8 @@ def test_custom_source_read_failures_become_rejections(tmp_path: Path):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("http://piano-midi.de/midicoll.htm", "web \\(http/https\\) sources are not supported yet"),
-        ("https://example.org/midi/", "web \\(http/https\\) sources are not supported yet"),
-        ("s3://bucket/midi/", "S3 sources are not supported yet"),
+        ("http://", "is not an http\\(s\\) URL of an index page"),
+        ("s3://", "names no bucket"),
         ("ftp://example.org/x", "'ftp://example.org/x' is neither an existing folder nor a known source.*music21:COMPOSER"),
         ("no/such/folder", "'no/such/folder' is neither an existing folder nor a known source"),
         ("music21:", "names no composer"),

@@ -102,6 +102,11 @@ def test_missing_bucket_denied_access_and_unreachable_endpoint_are_clear_errors(
         list(open_source("s3://no-such-bucket-here/midi").items())
     assert f"S3 bucket 'no-such-bucket-here' at {endpoint} does not exist" in publish_error("no-such-bucket-here")
 
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert f"no AWS credentials for S3 bucket {s3_bucket!r} at {endpoint}" in ingest_error()
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     assert "the secret access key does not match the access key id; check AWS_ACCESS_KEY_ID" in ingest_error()
     assert f"access denied to S3 bucket {s3_bucket!r} at {endpoint} (publishing" in publish_error()

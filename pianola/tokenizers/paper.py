@@ -528,6 +528,13 @@ def _layout_part(
 
     # measures that keep a stale highestTime: only with a split original Chord in them
     cache_all = _measures_cached(end, grace, meta, bars)
+    meta = np.sort(meta)
+    meta_bounds = np.searchsorted(meta, bars)
+
+    def in_measure(m: int) -> np.ndarray:
+        """Offsets of the zero-length elements (signatures, tempos) in measure m."""
+        return meta[meta_bounds[m] : meta_bounds[m + 1]]
+
     for m, own in originals.items():
         if not any(chord[e] for e in own):
             continue
@@ -536,8 +543,7 @@ def _layout_part(
         if made_voices[m]:
             voice_of, cached, in_order = voices_of(m)
             cached = list(cached)
-            local_meta = meta[(meta >= bars[m]) & (meta < bar_end)]
-            if len(cached) > 1 and not (local_meta > bars[m]).any():
+            if len(cached) > 1 and not len(in_measure(m)[in_measure(m) > bars[m]]):
                 cached[0] = True  # read when the measure inserted its second voice
             # makeTies first sorts (and so resets) every voice music21 thinks unsorted
             cached = [c and s for c, s in zip(cached, in_order, strict=True)]
@@ -558,7 +564,7 @@ def _layout_part(
         elif cache_all and m not in arrived and all(chord[e] for e in own):
             # the measure keeps its cache unless it is left unsorted (its last element starts
             # before an earlier one ends: makeTies then sorts it) or gets a rest
-            local_meta = meta[(meta >= bars[m]) & (meta < bar_end)]
+            local_meta = in_measure(m)
             starts = np.concatenate([local_meta, offset[inside]])
             ends = np.concatenate([local_meta, end[inside]])
             order = np.lexsort((np.arange(len(starts)) >= len(local_meta), starts))

@@ -19,7 +19,9 @@ def music21_tokens(path: str | os.PathLike) -> list[str]:
     from music21 import chord, converter, note
 
     tokens: list[str] = []
-    for element in converter.parse(os.fspath(path)).flatten().notes:
+    # forceSource: parse the MIDI itself, not the pickle music21 caches from an earlier parse of
+    # the same path (same tokens, but the cache would fake the timing and can go stale)
+    for element in converter.parse(os.fspath(path), forceSource=True).flatten().notes:
         if isinstance(element, note.Note):
             tokens.append(str(element.pitch))
         elif isinstance(element, chord.Chord):
