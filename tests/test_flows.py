@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from prefect.states import Failed
 
 from conftest import make_midi, motif_notes
+from fixtures_s3 import AWS_VARIABLES, SeaweedFS, s3_bucket, s3_server  # noqa: F401 - fixtures, found by pytest among the module's names
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -269,6 +270,19 @@ def test_generate_deployment_logs_a_batch_from_the_champion_to_mlflow(work: Path
     assert "pieces/piece_000.mid" in {a.path for a in client.list_artifacts(from_champion[0].info.run_id, "pieces")}
 
 
+def test_generate_flow_publishes_the_batch_to_s3(
+    work: Path, project: Path, api: str, pipeline_run: dict, s3_server: SeaweedFS, s3_bucket: str
+) -> None:
+    env = {k: v for k, v in flow_env(work, api).items() if k not in AWS_VARIABLES}
+    env |= s3_server.env() | {"PIANOLA_S3_ENDPOINT_URL": s3_server.endpoint}
+    done = run([sys.executable, "-m", "flows.generate", "--n", "1", "--length", "16", "--out", "outputs/batches/s3",
+                "--no-track", "--publish", f"s3://{s3_bucket}/batches/one"], project, env)
+    assert json.loads(done.stdout)["published_to"] == f"s3://{s3_bucket}/batches/one"
+    assert sorted(s3_server.keys(s3_bucket, "batches/one/")) == [
+        f"batches/one/{name}" for name in ("generation.json", "piece_000.mid", "piece_000.png")
+    ]
+
+
 def test_a_flow_run_from_the_command_line_reports_bad_input_in_one_line(work: Path, project: Path, api: str) -> None:
     done = subprocess.run([sys.executable, "-m", "flows.monitor", "--reference", str(work / "source"), "--current", "nowhere"], cwd=project,
                           env=flow_env(work, api), capture_output=True, text=True)
@@ -289,3 +303,6 @@ def test_a_failed_stage_raises_with_dvc_stderr_and_is_not_retried(tmp_path: Path
     assert run_stage.retries == 0 and push.retries == 3
     assert not retry_unless_bad_input(push, None, Failed(data=PianolaError("no remote")))
     assert retry_unless_bad_input(push, None, Failed(data=DvcError("connection reset")))
+    from pianola.storage import StorageUnreachable
+
+    assert retry_unless_bad_input(push, None, Failed(data=StorageUnreachable("the endpoint did not answer")))

@@ -56,7 +56,16 @@ def write_tracks(
     return path
 
 
+def write_raw_track(path: Path, events: list[tuple[int, ...]], tpq: int = 96) -> Path:
+    """A format-0 MIDI file of raw (delta ticks < 128, status byte, data bytes...) events."""
+    body = b"".join(bytes(event) for event in events) + b"\x00\xff\x2f\x00"
+    header = b"MThd" + (6).to_bytes(4, "big") + (0).to_bytes(2, "big") + (1).to_bytes(2, "big")
+    path.write_bytes(header + tpq.to_bytes(2, "big") + b"MTrk" + len(body).to_bytes(4, "big") + body)
+    return path
+
+
 def assert_like_music21(path: Path) -> list[str]:
+    """Our tokens of `path`, checked to be exactly music21's."""
     ours = PaperTokenizer().encode(path)
     assert ours == music21_tokens(path)
     return ours
@@ -161,22 +170,46 @@ def test_ties_grace_notes_triplets_and_meter_changes_follow_music21(tmp_path: Pa
     assert tokens.count("G4") == 2 and tokens.count("0.4") == 3
 
 
+def test_measure_stretched_by_a_split_chord_like_music21(tmp_path: Path) -> None:
+    # 2/4, a tempo change exactly at the last barline (music21 then caches every measure's length)
+    # and a chord tied over the first barline: music21 misses that the chord got shorter, keeps
+    # the first measure 3 quarters long, and every later note of that part comes a quarter late
+    tpq = 480
+    score = symusic.Score(tpq)
+    score.time_signatures.append(symusic.TimeSignature(0, 2, 4))
+    score.tempos.append(symusic.Tempo(0, 100.0))
+    score.tempos.append(symusic.Tempo(4 * tpq, 90.0))
+    chords = symusic.Track(name="chords", program=0)
+    for start, duration, pitches in ((0, tpq, (60, 64)), (tpq, 2 * tpq, (62, 65)), (3 * tpq, tpq, (64, 67))):
+        for pitch in pitches:
+            chords.notes.append(symusic.Note(start, duration, pitch, 80))
+    bass = symusic.Track(name="bass", program=0)
+    for i in range(4):
+        bass.notes.append(symusic.Note(i * tpq, tpq, 36 + i, 80))
+    score.tracks.extend([chords, bass])
+    path = tmp_path / "stretched.mid"
+    score.dump_midi(str(path))
+    assert assert_like_music21(path) == ["0.4", "C2", "2.5", "C#2", "D2", "2.5", "E-2", "4.7"]
+
+
 def test_format_0_file_mixing_channels(tmp_path: Path) -> None:
     # one MIDI track, two channels: music21 reads it as one part, so the channels' notes chord
-    def event(delta: int, *data: int) -> bytes:
-        return bytes([delta]) + bytes(data)
-
     events = [
-        event(0, 0x90, 60, 80), event(0, 0x91, 64, 80), event(0, 0x90, 67, 80),
-        event(0x60, 0x80, 60, 0), event(0, 0x81, 64, 0), event(0, 0x80, 67, 0),
-        event(0, 0x91, 62, 80), event(0x60, 0x81, 62, 0),
+        (0, 0x90, 60, 80), (0, 0x91, 64, 80), (0, 0x90, 67, 80),
+        (0x60, 0x80, 60, 0), (0, 0x81, 64, 0), (0, 0x80, 67, 0),
+        (0, 0x91, 62, 80), (0x60, 0x81, 62, 0),
     ]  # fmt: skip
-    body = b"".join(events) + b"\x00\xff\x2f\x00"
-    data = b"MThd" + (6).to_bytes(4, "big") + b"\x00\x00\x00\x01\x00\x60"
-    data += b"MTrk" + len(body).to_bytes(4, "big") + body
-    path = tmp_path / "format0.mid"
-    path.write_bytes(data)
-    assert assert_like_music21(path) == ["0.4.7", "D4"]
+    assert assert_like_music21(write_raw_track(tmp_path / "format0.mid", events)) == ["0.4.7", "D4"]
+
+
+def test_note_ons_share_the_next_note_off_like_music21(tmp_path: Path) -> None:
+    # a second note-on of a sounding pitch, then a single note-off: music21 ends both notes there
+    events = [
+        (0, 0x90, 60, 80), (0, 0x91, 48, 80), (0x30, 0x90, 60, 80),
+        (0x30, 0x80, 60, 0), (0, 0x81, 48, 0), (0, 0x90, 62, 80), (0x60, 0x80, 62, 0),
+    ]  # fmt: skip
+    path = write_raw_track(tmp_path / "shared-off.mid", events)
+    assert assert_like_music21(path) == ["0", "C4", "D4"]
 
 
 def test_unreadable_file_names_the_file(tmp_path: Path) -> None:

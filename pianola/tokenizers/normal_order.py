@@ -68,6 +68,7 @@ def main() -> None:
             "normal_order": build_table(),
         },
     )
+    TABLE_PATH.chmod(0o644)  # package data: readable by all, unlike the temporary file it was
     print(f"wrote {TABLE_PATH}")
 
 

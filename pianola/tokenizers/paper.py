@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import heapq
 import os
-from fractions import Fraction
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import cache
 from pathlib import Path
 
@@ -160,7 +160,9 @@ def _parse_track(chunk: bytes, path: str | os.PathLike, index: int) -> _Track:
         raise PianolaError(f"{path}: track {index} cannot be parsed: {e}") from e
     if len(score.tracks) > 1:
         return _read_track_exactly(chunk)
-    meta = [events.numpy()["time"] for events in (score.time_signatures, score.key_signatures, score.tempos) if events]
+    # music21 keeps a track's time/key signatures and tempos in its Part, as zero-length elements
+    events = (score.time_signatures, score.key_signatures, score.tempos)
+    meta = [kind.numpy()["time"] for kind in events if kind]
     meta_ticks = np.concatenate(meta).astype(np.int64) if meta else np.zeros(0, dtype=np.int64)
     meters = [(ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures]
     if not score.tracks or not score.tracks[0].notes:
@@ -368,7 +370,8 @@ def _first_fit_voices(
         for v, voice_end in enumerate(voice_ends):
             cached[v] = True
             if voice_end <= start:
-                in_order[v] = in_order[v] and _inserted_sorted(start, voice_end, bar, units)
+                local = start - bar  # Stream.insert takes this measure-relative offset as a float
+                in_order[v] &= _inserted_sorted(local, voice_end - bar, local / units, units)
                 voice_ends[v] = max(voice_end, end)
                 cached[v] = False
                 voices.append(v)
@@ -381,20 +384,19 @@ def _first_fit_voices(
     return voices, cached, in_order
 
 
-def _inserted_sorted(start: int, reach: int, bar: int, units: int) -> bool:
-    """Whether music21 still considers a measure sorted after inserting its last element.
+def _inserted_sorted(start: int, reach: int, start_float: float, units: int) -> bool:
+    """Whether music21 still considers a stream sorted after inserting an element at `start`.
 
-    It is if the element starts at or after `reach`, the end of everything inserted before. But
-    music21 compares that end (an exact Fraction) with the measure-relative offset computed in
-    floats, so an element starting exactly there at a third of a quarter counts as sorted only
-    when the float happens to round up.
+    It does if the element starts at or after `reach`, the end of everything inserted before. But
+    music21 compares that end (an exact Fraction) with the offset as a float, so an element
+    starting exactly there, at a third of a quarter, counts as in order only when the float
+    (`start_float`, computed as music21 does) happens to round up.
     """
     if start != reach:
         return start > reach
     if start % 3 == 0:
         return True  # a binary fraction of a quarter: exact in floats
-    local = start / units - bar / units
-    return Fraction(local) > Fraction(start - bar, units)
+    return Fraction(start_float) > Fraction(start, units)
 
 
 def _gapless(starts: list[int], ends: list[int]) -> bool:
@@ -543,7 +545,7 @@ def _layout_part(
         if made_voices[m]:
             voice_of, cached, in_order = voices_of(m)
             cached = list(cached)
-            if len(cached) > 1 and not len(in_measure(m)[in_measure(m) > bars[m]]):
+            if len(cached) > 1 and not (in_measure(m) > bars[m]).any():
                 cached[0] = True  # read when the measure inserted its second voice
             # makeTies first sorts (and so resets) every voice music21 thinks unsorted
             cached = [c and s for c, s in zip(cached, in_order, strict=True)]
@@ -569,7 +571,11 @@ def _layout_part(
             ends = np.concatenate([local_meta, end[inside]])
             order = np.lexsort((np.arange(len(starts)) >= len(local_meta), starts))
             starts, ends = starts[order], ends[order]
-            if _inserted_sorted(int(starts[-1]), int(ends[:-1].max(initial=0)), int(bars[m]), units) and _gapless(
+            # makeMeasures inserts each element at its offset minus the measure's, in floats
+            last_start = int(starts[-1]) - int(bars[m])
+            last_float = int(starts[-1]) / units - int(bars[m]) / units
+            reach = int(ends[:-1].max(initial=bars[m])) - int(bars[m])
+            if _inserted_sorted(last_start, reach, last_float, units) and _gapless(
                 (starts - bars[m]).tolist(), (np.minimum(ends, bar_end) - bars[m]).tolist()
             ):
                 extent[m] = max(extent.get(m, bar_end), int(end[inside].max()))
@@ -650,14 +656,20 @@ def _element_tokens(track: _Track, elements: _Elements) -> np.ndarray:
 class PaperTokenizer(Tokenizer):
     """The paper's encoding: each note of the piece is its pitch name, each chord its normal order.
 
-    encode(path) gives what the paper computed with music21,
-    `converter.parse(path).flatten().notes` mapped to `str(note.pitch)` (`C#4`, `E-5`) or
-    `'.'.join(str(pc) for pc in chord.normalOrder)` (`0.4.7`), over all parts (MIDI tracks) of the
-    file, skipping music21's Unpitched/percussion notes (MIDI channel 10, so drum tracks add
-    nothing). It reproduces music21's MIDI import rather than calling it (~1000x faster):
-    note-off pairing, chord gathering, offset/duration quantization, measures, voices and tied
-    notes split at barlines (each piece is a token), and the flattened order (offset, grace notes
-    first, then track order).
+    encode(path) gives what the paper computed with music21: `converter.parse(path).flatten()
+    .notes`, a Note as `str(note.pitch)` (`C#4`, `E-5`), a Chord as
+    `'.'.join(str(pc) for pc in chord.normalOrder)` (`0.4.7`), over all parts (MIDI tracks),
+    skipping music21's Unpitched notes and PercussionChords (MIDI channel 10: drum tracks add
+    nothing). It reproduces music21's MIDI import without running it, about 1000 times faster:
+    note-off pairing, chords gathered within a sixteenth, offsets and durations quantized to
+    sixteenths or eighth-note triplets, measures from the conductor track's time signatures,
+    voices, notes split at barlines by ties (one token per piece), measures that music21 stretches
+    after splitting a chord it does not notice, and the flattened order (offset, grace notes first,
+    then track order, then music21's order within the track).
+
+    A known difference remains: symusic pairs the note-ons of a pitch that is already sounding
+    first in, first out, so where such a note never gets a note-off of its own, or gets it on the
+    tick it starts, that note (or its length) differs from music21's.
 
     decode(tokens) does what the paper did with generated tokens: one token every half quarter
     note; a note token is that pitch, a chord token `a.b.c` a chord of those pitch classes in

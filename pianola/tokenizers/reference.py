@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 
 
 def music21_tokens(path: str | os.PathLike) -> list[str]:
@@ -17,11 +18,16 @@ def music21_tokens(path: str | os.PathLike) -> list[str]:
     (`0.4.7`); Unpitched notes and PercussionChords (MIDI channel 10) are skipped.
     """
     from music21 import chord, converter, note
+    from music21.midi.translate import TranslateWarning
 
+    with warnings.catch_warnings():
+        # music21 warns about every track name that is not an instrument's (copyright notices...)
+        warnings.simplefilter("ignore", TranslateWarning)
+        # forceSource: parse the MIDI itself, not the pickle music21 caches from an earlier parse
+        # of the same path (same tokens, but the cache would fake the timing and can go stale)
+        score = converter.parse(os.fspath(path), forceSource=True)
     tokens: list[str] = []
-    # forceSource: parse the MIDI itself, not the pickle music21 caches from an earlier parse of
-    # the same path (same tokens, but the cache would fake the timing and can go stale)
-    for element in converter.parse(os.fspath(path), forceSource=True).flatten().notes:
+    for element in score.flatten().notes:
         if isinstance(element, note.Note):
             tokens.append(str(element.pitch))
         elif isinstance(element, chord.Chord):
