@@ -6,8 +6,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: run test test-all setup bench
 
-run: $(STAMP)  ## the main job on params.yaml (offline default: the music21 Bach chorales)
-	dvc repro
+run: $(STAMP)  ## the main job: every DVC stage, promotion and push, as one Prefect flow (offline default)
+	python -m flows.pipeline
 
 test: $(STAMP)  ## the default test run (slow tests excluded)
 	pytest -m "not slow"
