@@ -6,12 +6,17 @@ flow's own signature into that command, so the options, their help and Prefect's
 
 import functools
 import json
+import os
 
-import typer
-from prefect import Flow
+# Without a Prefect server, a flow starts a temporary one; its first start creates the database,
+# which on a busy 2-core machine outlasts Prefect's 20 s default wait.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
-from pianola.errors import PianolaError
-from tasks.dvc import DvcError
+import typer  # noqa: E402
+from prefect import Flow  # noqa: E402
+
+from pianola.errors import PianolaError  # noqa: E402
+from tasks.dvc import DvcError  # noqa: E402
 
 
 def cli(flow: Flow) -> None:
