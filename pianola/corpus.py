@@ -18,6 +18,7 @@ import numpy as np
 from pianola.errors import PianolaError
 from pianola.io import atomic_path, atomic_write_json
 from pianola.midi import load_score
+from pianola.plots import PlotWorker
 from pianola.tokenizers.base import Tokenizer
 
 MIDI_SUFFIXES = {".mid", ".midi"}
@@ -89,6 +90,17 @@ def tokenize_corpus(
     """Tokenize every MIDI file of `in_dir` into `out_dir`."""
     out_dir = Path(out_dir)
     files = midi_files(in_dir)
+    plotter = PlotWorker() if plots else None
+    try:
+        return _tokenize_files(in_dir, files, out_dir, tokenizer, plotter)
+    finally:
+        if plotter is not None:
+            plotter.close()
+
+
+def _tokenize_files(
+    in_dir: str | os.PathLike, files: list[Path], out_dir: Path, tokenizer: Tokenizer, plotter: PlotWorker | None
+) -> TokenizeReport:
     pieces: list[Piece] = []
     example: Path | None = None  # the first readable piece, drawn as pitch against offset
     skipped: list[dict] = []
@@ -129,8 +141,6 @@ def tokenize_corpus(
             "skipped": skipped,
         },
     )
-    if plots:
-        from pianola.plots import corpus_plots
-
-        corpus_plots(out_dir, counts, pitch_histogram, example)
+    if plotter is not None:
+        plotter.draw(out_dir, counts, pitch_histogram, example)
     return TokenizeReport(len(pieces), sum(lengths), skipped)

@@ -5,6 +5,7 @@ matplotlib is imported here only, on first use, so commands that draw nothing st
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections import Counter
 from pathlib import Path
@@ -24,6 +25,46 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+class PlotWorker:
+    """Draws the corpus plots in a forked process that imports matplotlib while the caller tokenizes.
+
+    Importing matplotlib costs most of a second, as long as tokenizing a whole corpus: on a second
+    core, the two overlap. `draw` hands over the data and waits for the files; `close` ends the worker.
+    """
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("fork")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_plot_worker, args=(child,), daemon=True)
+        self.process.start()
+
+    def draw(self, out_dir: Path, counts: Counter, pitch_histogram: np.ndarray, example: Path) -> None:
+        from pianola.errors import PianolaError
+
+        self.connection.send((out_dir, counts, pitch_histogram, example))
+        error = self.connection.recv()
+        if error:
+            raise PianolaError(f"{out_dir}: the corpus plots could not be drawn ({error})")
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.connection.send(None)
+        self.process.join()
+
+
+def _plot_worker(connection) -> None:
+    """Import matplotlib, then draw the plots of the job received (None: nothing to draw)."""
+    _pyplot()
+    job = connection.recv()
+    if job is None:
+        return
+    try:
+        corpus_plots(*job)
+        connection.send("")
+    except Exception as e:  # reported to the parent, which raises it for the user
+        connection.send(f"{type(e).__name__}: {e}")
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
