@@ -25,7 +25,7 @@ def generate(
     strategy: Annotated[str, typer.Option(help="greedy | temperature | top_k | top_p")] = "top_p",
     temperature: Annotated[float, typer.Option(help="Softmax temperature (all but greedy)")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Tokens kept by top_k")] = 20,
-    top_p: Annotated[float, typer.Option(help="Probability mass kept by top_p")] = 0.9,
+    top_p: Annotated[float, typer.Option(help="Probability mass kept by top_p")] = 0.95,
     primer: Annotated[str, typer.Option(help="random (a window of the training corpus) or a MIDI file")] = "random",
     corpus: Annotated[str, typer.Option(help="The training corpus: random primers and the metrics' reference")] = "data/raw",
     seed: Annotated[int, typer.Option(help="The same seed gives the same files")] = 0,

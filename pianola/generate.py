@@ -25,7 +25,7 @@ class Sampling:
     strategy: str = "top_p"
     temperature: float = 1.0
     top_k: int = 20
-    top_p: float = 0.9
+    top_p: float = 0.95  # wide enough that a piece does not settle into a loop (bench/music.py)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
