@@ -10,6 +10,10 @@ import typer
 from prefect import flow
 
 from flows import cli
+from pianola.cli import (
+    CHAMPION_URI, DEFAULT_SAMPLING, Corpus, ModelRef, PieceCount, PieceLength, Primer, Seed, SoundFont,
+    StrategyName, Tempo, Temperature, TopK, TopP, Track, Wav,
+)
 from tasks.artifacts import leave_summary, table
 from tasks.generate import generate_batch, publish_batch, storage_publisher
 
@@ -19,21 +23,21 @@ BATCHES = "outputs/batches"
 
 @flow(name="generate", log_prints=True)
 def generate(
-    model: Annotated[str, typer.Option(help="A bundle folder or an MLflow URI")] = "models:/pianola@champion",
-    n: Annotated[int, typer.Option(help="Number of pieces, generated in one batch")] = 1,
-    length: Annotated[int, typer.Option(help="Tokens per piece")] = 500,
-    strategy: Annotated[str, typer.Option(help="greedy | temperature | top_k | top_p")] = "top_p",
-    temperature: Annotated[float, typer.Option(help="Softmax temperature (all but greedy)")] = 1.0,
-    top_k: Annotated[int, typer.Option(help="Tokens kept by top_k")] = 20,
-    top_p: Annotated[float, typer.Option(help="Probability mass kept by top_p")] = 0.95,
-    primer: Annotated[str, typer.Option(help="random (a window of the training corpus) or a MIDI file")] = "random",
-    corpus: Annotated[str, typer.Option(help="The training corpus: random primers and the metrics' reference")] = "data/raw",
-    seed: Annotated[int, typer.Option(help="The same seed gives the same files")] = 0,
-    tempo: Annotated[float, typer.Option(help="Tempo of the written MIDI, quarter notes per minute")] = 120.0,
+    model: ModelRef = CHAMPION_URI,
+    n: PieceCount = 1,
+    length: PieceLength = 500,
+    strategy: StrategyName = DEFAULT_SAMPLING.strategy,
+    temperature: Temperature = DEFAULT_SAMPLING.temperature,
+    top_k: TopK = DEFAULT_SAMPLING.top_k,
+    top_p: TopP = DEFAULT_SAMPLING.top_p,
+    primer: Primer = "random",
+    corpus: Corpus = "data/raw",
+    seed: Seed = 0,
+    tempo: Tempo = 120.0,
     out: Annotated[str | None, typer.Option(help=f"Folder for the pieces (default: {BATCHES}/UTC-TIME)")] = None,
-    wav: Annotated[bool, typer.Option("--wav", help="Also render WAV with FluidSynth")] = False,
-    soundfont: Annotated[str | None, typer.Option(help="SoundFont for --wav (default: the system's General MIDI one)")] = None,
-    track: Annotated[bool, typer.Option(help="Log the pieces and metrics to an MLflow run")] = True,
+    wav: Wav = False,
+    soundfont: SoundFont = None,
+    track: Track = True,
     publish: Annotated[str | None, typer.Option(help="Also upload the batch to this s3://BUCKET/PREFIX")] = None,
 ) -> dict:
     """Generate a batch of pieces; log them to MLflow and, with --publish, upload them to S3."""

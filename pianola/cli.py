@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from pianola.errors import PianolaError
+from pianola.generate import Sampling
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides our output
 
@@ -150,28 +151,47 @@ def promote(
     typer.echo(run_promote(midi).summary())
 
 
+# Options of `pianola generate`, shared with its Prefect twin `python -m flows.generate`.
+ModelRef = Annotated[str, typer.Option(help="A bundle folder or an MLflow URI")]
+PieceCount = Annotated[int, typer.Option(help="Number of pieces, generated in one batch")]
+PieceLength = Annotated[int, typer.Option(help="Tokens per piece")]
+StrategyName = Annotated[str, typer.Option(help="greedy | temperature | top_k | top_p")]
+Temperature = Annotated[float, typer.Option(help="Softmax temperature (all but greedy)")]
+TopK = Annotated[int, typer.Option(help="Tokens kept by top_k")]
+TopP = Annotated[float, typer.Option(help="Probability mass kept by top_p")]
+Primer = Annotated[str, typer.Option(help="random (a window of the training corpus) or a MIDI file")]
+Corpus = Annotated[str, typer.Option(help="The training corpus: random primers and the metrics' reference")]
+Seed = Annotated[int, typer.Option(help="The same seed gives the same files")]
+Tempo = Annotated[float, typer.Option(help="Tempo of the written MIDI, quarter notes per minute")]
+Wav = Annotated[bool, typer.Option("--wav", help="Also render WAV with FluidSynth")]
+SoundFont = Annotated[str | None, typer.Option(help="SoundFont for --wav (default: the system's General MIDI one)")]
+Track = Annotated[bool, typer.Option(help="Log the pieces and metrics to an MLflow run")]
+CHAMPION_URI = "models:/pianola@champion"
+DEFAULT_SAMPLING = Sampling()
+
+
 @app.command()
 def generate(
-    model: Annotated[str, typer.Option(help="A bundle folder or an MLflow URI")] = "models:/pianola@champion",
-    n: Annotated[int, typer.Option(help="Number of pieces, generated in one batch")] = 1,
-    length: Annotated[int, typer.Option(help="Tokens per piece")] = 500,
-    strategy: Annotated[str, typer.Option(help="greedy | temperature | top_k | top_p")] = "top_p",
-    temperature: Annotated[float, typer.Option(help="Softmax temperature (all but greedy)")] = 1.0,
-    top_k: Annotated[int, typer.Option(help="Tokens kept by top_k")] = 20,
-    top_p: Annotated[float, typer.Option(help="Probability mass kept by top_p")] = 0.95,
-    primer: Annotated[str, typer.Option(help="random (a window of the training corpus) or a MIDI file")] = "random",
-    corpus: Annotated[Path, typer.Option(help="The training corpus: random primers and the metrics' reference")] = Path("data/raw"),
-    seed: Annotated[int, typer.Option(help="The same seed gives the same files")] = 0,
-    tempo: Annotated[float, typer.Option(help="Tempo of the written MIDI, quarter notes per minute")] = 120.0,
+    model: ModelRef = CHAMPION_URI,
+    n: PieceCount = 1,
+    length: PieceLength = 500,
+    strategy: StrategyName = DEFAULT_SAMPLING.strategy,
+    temperature: Temperature = DEFAULT_SAMPLING.temperature,
+    top_k: TopK = DEFAULT_SAMPLING.top_k,
+    top_p: TopP = DEFAULT_SAMPLING.top_p,
+    primer: Primer = "random",
+    corpus: Corpus = "data/raw",
+    seed: Seed = 0,
+    tempo: Tempo = 120.0,
     out: Annotated[Path, typer.Option(help="Folder for the pieces")] = Path("outputs/generated"),
-    wav: Annotated[bool, typer.Option("--wav", help="Also render WAV with FluidSynth")] = False,
-    soundfont: Annotated[str | None, typer.Option(help="SoundFont for --wav (default: the system's General MIDI one)")] = None,
+    wav: Wav = False,
+    soundfont: SoundFont = None,
     metrics: Annotated[Path | None, typer.Option(help="Also write the batch's metrics (JSON) here")] = None,
-    track: Annotated[bool, typer.Option(help="Log the pieces and metrics to an MLflow run")] = True,
+    track: Track = True,
 ) -> None:
     """Generate N pieces as MIDI (and WAV), with piano rolls and music metrics."""
     from pianola.bundle import load_bundle
-    from pianola.generate import Sampling, generate_pieces, write_report
+    from pianola.generate import generate_pieces, write_report
 
     sampling = Sampling(strategy, temperature, top_k, top_p)
     bundle = load_bundle(model)
