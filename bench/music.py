@@ -21,7 +21,11 @@ from pianola.bundle import load_bundle  # noqa: E402
 from pianola.generate import Sampling, generate_pieces, summarize  # noqa: E402
 from pianola.io import atomic_write_json  # noqa: E402
 
-STRATEGIES = {"greedy (the paper's)": Sampling("greedy"), "top_p 0.95 (default)": Sampling()}
+STRATEGIES = {
+    "greedy (the paper's)": Sampling("greedy", repetition_penalty=1.0),
+    "top_p 0.95, no repetition penalty": Sampling(repetition_penalty=1.0),
+    "top_p 0.95, repetition penalty 1.3 (default)": Sampling(),
+}
 
 
 def main() -> None:

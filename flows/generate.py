@@ -11,8 +11,8 @@ from prefect import flow
 
 from flows import cli
 from pianola.cli import (
-    CHAMPION_URI, DEFAULT_SAMPLING, Corpus, ModelRef, PieceCount, PieceLength, Primer, Seed, SoundFont,
-    StrategyName, Tempo, Temperature, TopK, TopP, Track, Wav,
+    CHAMPION_URI, DEFAULT_SAMPLING, Corpus, ModelRef, PieceCount, PieceLength, Primer, RepetitionPenalty, Seed,
+    SoundFont, StrategyName, Tempo, Temperature, TopK, TopP, Track, Wav,
 )
 from tasks.artifacts import leave_summary, table
 from tasks.generate import generate_batch, publish_batch, storage_publisher
@@ -30,6 +30,7 @@ def generate(
     temperature: Temperature = DEFAULT_SAMPLING.temperature,
     top_k: TopK = DEFAULT_SAMPLING.top_k,
     top_p: TopP = DEFAULT_SAMPLING.top_p,
+    repetition_penalty: RepetitionPenalty = DEFAULT_SAMPLING.repetition_penalty,
     primer: Primer = "random",
     corpus: Corpus = "data/raw",
     seed: Seed = 0,
@@ -45,7 +46,7 @@ def generate(
         storage_publisher(publish)  # fail before generating, not after
     out = out or f"{BATCHES}/{datetime.now(UTC):%Y%m%d-%H%M%S}"
     batch = generate_batch(model, out, n=n, length=length, strategy=strategy, temperature=temperature,
-                           top_k=top_k, top_p=top_p, primer=primer, corpus=corpus, seed=seed, tempo=tempo,
+                           top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, primer=primer, corpus=corpus, seed=seed, tempo=tempo,
                            wav=wav, soundfont=soundfont, track=track)
     batch["published_to"] = publish_batch(out, publish) if publish else None
     leave_summary(

@@ -159,6 +159,7 @@ StrategyName = Annotated[str, typer.Option(help="greedy | temperature | top_k | 
 Temperature = Annotated[float, typer.Option(help="Softmax temperature (all but greedy)")]
 TopK = Annotated[int, typer.Option(help="Tokens kept by top_k")]
 TopP = Annotated[float, typer.Option(help="Probability mass kept by top_p")]
+RepetitionPenalty = Annotated[float, typer.Option(help="Divides the probability of each recent repeat (1: off)")]
 Primer = Annotated[str, typer.Option(help="random (a window of the training corpus) or a MIDI file")]
 Corpus = Annotated[str, typer.Option(help="The training corpus: random primers and the metrics' reference")]
 Seed = Annotated[int, typer.Option(help="The same seed gives the same files")]
@@ -179,6 +180,7 @@ def generate(
     temperature: Temperature = DEFAULT_SAMPLING.temperature,
     top_k: TopK = DEFAULT_SAMPLING.top_k,
     top_p: TopP = DEFAULT_SAMPLING.top_p,
+    repetition_penalty: RepetitionPenalty = DEFAULT_SAMPLING.repetition_penalty,
     primer: Primer = "random",
     corpus: Corpus = "data/raw",
     seed: Seed = 0,
@@ -193,7 +195,7 @@ def generate(
     from pianola.bundle import load_bundle
     from pianola.generate import generate_pieces, write_report
 
-    sampling = Sampling(strategy, temperature, top_k, top_p)
+    sampling = Sampling(strategy, temperature, top_k, top_p, repetition_penalty)
     bundle = load_bundle(model)
     pieces = generate_pieces(bundle, out, n=n, length=length, sampling=sampling, seed=seed, primer=primer,
                              corpus_dir=corpus, tempo_qpm=tempo, wav=wav, soundfont=soundfont)

@@ -16,6 +16,7 @@ from pianola.bundle import Bundle
 from pianola.errors import PianolaError
 
 STRATEGIES = ("greedy", "temperature", "top_k", "top_p")
+REPETITION_WINDOW = 8  # generated tokens the repetition penalty looks back on
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 20
     top_p: float = 0.95  # wide enough that a piece does not settle into a loop (bench/music.py)
+    # A token's probability is divided by this once for each time it is among the last
+    # REPETITION_WINDOW generated tokens: without it, one piece in twenty settles on a pedal
+    # note for most of its length (bench/music.py). 1.0 turns it off.
+    repetition_penalty: float = 1.3
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -36,11 +41,22 @@ class Sampling:
             raise PianolaError(f"top-k must be at least 1, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise PianolaError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty < 1:
+            raise PianolaError(f"repetition penalty must be at least 1 (1: off), got {self.repetition_penalty}")
 
 
-def sample_next(probs: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> np.ndarray:
-    """(B,) token ids drawn from (B, V) probabilities; `<unk>` (id 0) is never drawn."""
+def sample_next(
+    probs: np.ndarray, sampling: Sampling, rng: np.random.Generator, recent: np.ndarray | None = None
+) -> np.ndarray:
+    """(B,) token ids drawn from (B, V) probabilities; `<unk>` (id 0) is never drawn.
+
+    `recent` (B, R) holds the ids generated last, which the repetition penalty makes less likely.
+    """
     p = np.asarray(probs, dtype=np.float64).copy()  # (B, V)
+    if recent is not None and sampling.repetition_penalty != 1.0:
+        rows = np.arange(len(p))
+        for column in range(recent.shape[1]):
+            p[rows, recent[:, column]] /= sampling.repetition_penalty
     p[:, 0] = 0.0
     if sampling.strategy == "greedy":
         return p.argmax(axis=1)
@@ -51,14 +67,12 @@ def sample_next(probs: np.ndarray, sampling: Sampling, rng: np.random.Generator)
         kth = -np.partition(-p, k - 1, axis=1)[:, k - 1 : k]  # (B, 1): the k-th largest
         p = np.where(p >= kth, p, 0.0)
     elif sampling.strategy == "top_p":
-        order = np.argsort(-p, axis=1)  # (B, V), most likely first
-        sorted_p = np.take_along_axis(p, order, axis=1)
+        sorted_p = -np.sort(-p, axis=1)  # (B, V), most likely first
         cumulative = np.cumsum(sorted_p, axis=1) / sorted_p.sum(axis=1, keepdims=True)
-        # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is short of it.
-        keep_sorted = (cumulative - sorted_p / sorted_p.sum(axis=1, keepdims=True)) < sampling.top_p
-        keep = np.zeros_like(keep_sorted)
-        np.put_along_axis(keep, order, keep_sorted, axis=1)
-        p = np.where(keep, p, 0.0)
+        # The smallest prefix whose mass reaches top_p ends at the first position where it does;
+        # every token at least as likely as that one stays (values, not positions: no argsort needed).
+        last = np.minimum((cumulative < sampling.top_p).sum(axis=1), p.shape[1] - 1)  # (B,)
+        p = np.where(p >= sorted_p[np.arange(len(p)), last][:, None], p, 0.0)
     cumulative = np.cumsum(p, axis=1)  # (B, V)
     draws = rng.random(len(p)) * cumulative[:, -1]  # (B,)
     return np.minimum((cumulative < draws[:, None]).sum(axis=1), p.shape[1] - 1)
@@ -133,14 +147,14 @@ def generate_ids(bundle: Bundle, primers: np.ndarray, length: int, sampling: Sam
         with threadpool_limits(limits=1, user_api="blas"):
             probs, state = stepper.run(primers)
             for t in range(length):
-                out[:, t] = sample_next(probs, sampling, rng)
+                out[:, t] = sample_next(probs, sampling, rng, out[:, max(0, t - REPETITION_WINDOW) : t])
                 probs, state = stepper.step(out[:, t], state)
         return out
     from pianola.evaluate import next_token_probs
 
     window = np.array(primers, dtype=np.int32)  # (B, T): slides by one token per step, as the paper did
     for t in range(length):
-        out[:, t] = sample_next(next_token_probs(bundle, window), sampling, rng)
+        out[:, t] = sample_next(next_token_probs(bundle, window), sampling, rng, out[:, max(0, t - REPETITION_WINDOW) : t])
         window = np.concatenate([window[:, 1:], out[:, t : t + 1]], axis=1)
     return out
 

@@ -16,7 +16,7 @@ from tasks import BACKOFF_SECONDS, RETRIES, retry_unless_bad_input
 
 @task(name="generate batch", cache_policy=NO_CACHE)
 def generate_batch(model: str, out: str, *, n: int, length: int, strategy: str, temperature: float, top_k: int,
-                   top_p: float, primer: str, corpus: str, seed: int, tempo: float, wav: bool,
+                   top_p: float, repetition_penalty: float, primer: str, corpus: str, seed: int, tempo: float, wav: bool,
                    soundfont: str | None, track: bool) -> dict:
     """What `pianola generate` does: MIDI (and WAV), piano rolls, generation.json, and an MLflow run when `track`.
 
@@ -26,7 +26,7 @@ def generate_batch(model: str, out: str, *, n: int, length: int, strategy: str, 
     from pianola.generate import Sampling, generate_pieces, write_report
     from pianola.tracking import log_generation
 
-    sampling = Sampling(strategy, temperature, top_k, top_p)
+    sampling = Sampling(strategy, temperature, top_k, top_p, repetition_penalty)
     pieces = generate_pieces(load_bundle(model), out, n=n, length=length, sampling=sampling, seed=seed,
                              primer=primer, corpus_dir=corpus, tempo_qpm=tempo, wav=wav, soundfont=soundfont)
     settings = {"model": model, "n": n, "length": length, "seed": seed, "primer": primer, "tempo": tempo} | vars(sampling)

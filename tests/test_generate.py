@@ -87,7 +87,19 @@ def test_low_temperature_approaches_greedy_and_high_flattens() -> None:
     assert np.mean(hot == 1) == pytest.approx(0.52, abs=0.03)  # 0.6^0.2 / (0.6^0.2 + 0.4^0.2)
 
 
+def test_repetition_penalty_makes_recent_tokens_less_likely() -> None:
+    probs = np.tile(np.array([[0.0, 0.5, 0.5]]), (8000, 1))
+    recent = np.ones((8000, 2), dtype=np.int64)  # token 1 was generated twice just now
+    rng = np.random.default_rng(2)
+    penalized = sample_next(probs, Sampling("temperature", repetition_penalty=1.5), rng, recent)
+    assert np.mean(penalized == 1) == pytest.approx(0.5 / 2.25 / (0.5 / 2.25 + 0.5), abs=0.02)
+    plain = sample_next(probs, Sampling("temperature", repetition_penalty=1.0), rng, recent)
+    assert np.mean(plain == 1) == pytest.approx(0.5, abs=0.02)
+
+
 def test_bad_sampling_settings_are_clear_errors() -> None:
+    with pytest.raises(PianolaError, match="repetition penalty"):
+        Sampling(repetition_penalty=0.5)
     with pytest.raises(PianolaError, match="unknown strategy 'beam'"):
         Sampling("beam")
     with pytest.raises(PianolaError, match="temperature"):
