@@ -174,6 +174,19 @@ def test_pipeline_flow_trains_registers_generates_and_leaves_dvc_clean(
     assert "version 1 is the first champion" in artifacts[0]["data"]
 
 
+class RetryUnavailable(httpx.HTTPTransport):
+    """Resends a request answered 503, as Prefect's own client does: the server says so while its SQLite is busy."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for _ in range(40):
+            response = super().handle_request(request)
+            if response.status_code != 503:
+                return response
+            response.close()
+            time.sleep(0.5)
+        return response
+
+
 @dataclass
 class Served:
     client: httpx.Client  # of the Prefect API
@@ -187,7 +200,7 @@ def served(work: Path, project: Path, api: str, pipeline_run: dict) -> Iterator[
     with open(log, "w") as out:
         serve = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=project, env=flow_env(work, api),
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    client = httpx.Client(base_url=api, timeout=30)
+    client = httpx.Client(base_url=api, timeout=30, transport=RetryUnavailable())
     try:
         deadline = time.monotonic() + SERVER_START_S
         while client.get("/deployments/name/retrain/on-drift").status_code != 200:
