@@ -106,6 +106,7 @@ def main() -> None:
             "heldout_cross_entropy": result.metrics["cross_entropy"],
             "heldout_accuracy": result.metrics["accuracy"],
             "wall_seconds": round(wall),
+            "bundle": str(work / f"bundle-{name}"),  # for bench/music.py --model
             "curve": probe.curve,
         })
 
@@ -116,7 +117,7 @@ def main() -> None:
         reached = r[f"train_seconds_to_{args.target}"]
         print(f"| {r['model']} | {r['parameters']:,} | {r['targets_per_second']:,} | {r['epochs']} | "
               f"{'not reached' if reached is None else f'{reached:.0f}'} | {r['heldout_cross_entropy']:.3f} | {r['heldout_accuracy']:.1%} |")
-    print(f"\nwritten {args.out}")
+    print(f"\nwritten {args.out}; bundles: " + ", ".join(r["bundle"] for r in rows))
 
 
 def result_params(bundle_dir: Path) -> int:
