@@ -1,11 +1,11 @@
 """Benchmark: training throughput and time to a held-out cross-entropy, paper-3b against lstm.
 
 Both models train on the same machine, in one run, on ../shared/corpus/piano-midi tokenized with
-the `paper` tokenizer, with the `best` preset and the same time budget. After every epoch a probe
+`--tokenizer` (the paper's by default), with the `best` preset and the same time budget. After every epoch a probe
 scores the paper's held-out cross-entropy (the token after each window of 100) on a fixed sample
 of validation windows, so the time to reach the target is read off the curve.
 
-    .venv/bin/python bench/train.py [--minutes 30] [--models lstm,paper-3b] [--target 4.5]
+    .venv/bin/python bench/train.py [--minutes 30] [--models lstm,paper-3b] [--target 4.5] [--tokenizer paper|timed]
 """
 
 from __future__ import annotations
@@ -45,7 +45,11 @@ class Probe(keras.callbacks.Callback):
         self.window = json.loads((sequences / "meta.json").read_text())["window"]
         self.kind = model_spec(model_name).input_kind
         self.name = model_name
+        self.tokenizer_config = json.loads((sequences / "tokenizer.json").read_text())
         valid = EncodedSplit.load(sequences / "valid.npz")
+        # Whole validation pieces' tokens per MIDI note: the sample's mean NLL per token times this
+        # estimates the NLL per note each epoch (the final figure is exact, from all tokens).
+        self.tokens_per_note = (len(valid.ids) - len(valid.pieces)) / int(valid.notes.sum())
         starts = valid.window_starts(self.window)
         picked = np.sort(np.random.default_rng(seed).choice(starts, size=min(sample, len(starts)), replace=False))
         # A split of the sampled windows alone, laid end to end, evaluates exactly those windows.
@@ -64,12 +68,13 @@ class Probe(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         # Full batches assumed: the last batch of an epoch may be short, a sub-1% overcount.
         self.targets += self.params["steps"] * self.batch_size * (self.window if self.kind == "tokens" else 1)
-        bundle = Bundle(self.model, self.vocab, {"name": "paper"}, self.window, self.name, self.kind)
+        bundle = Bundle(self.model, self.vocab, self.tokenizer_config, self.window, self.name, self.kind)
         ce = held_out_metrics(bundle, self.sample).cross_entropy
+        per_note = round(ce * self.tokens_per_note, 4)
         self.curve.append({"epoch": epoch, "train_seconds": round(self.train_seconds, 1),
-                           "targets": self.targets, "heldout_ce": ce})
-        print(f"[bench] {self.name} epoch {epoch + 1}: {self.train_seconds:.0f}s of training, held-out CE {ce:.4f}",
-              flush=True)
+                           "targets": self.targets, "heldout_ce": ce, "nll_per_note_estimate": per_note})
+        print(f"[bench] {self.name} epoch {epoch + 1}: {self.train_seconds:.0f}s of training, held-out CE {ce:.4f} "
+              f"(~{per_note:.3f} nats/note)", flush=True)
 
 
 def main() -> None:
@@ -79,12 +84,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget per model")
     parser.add_argument("--target", type=float, default=4.5, help="held-out cross-entropy to reach (nats)")
     parser.add_argument("--sample", type=int, default=2000, help="validation windows scored by the per-epoch probe")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train.json")
+    parser.add_argument("--tokenizer", default="paper", help="the encoding trained on: paper, timed, ...")
+    parser.add_argument("--out", type=Path, help="default: bench/results/train-TOKENIZER.json")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / f"train-{args.tokenizer}.json"
 
     work = Path(tempfile.mkdtemp(prefix="pianola-bench-train-"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-    tokenize_corpus(args.corpus, work / "tokens", get_tokenizer("paper"), plots=False)
+    tokenize_corpus(args.corpus, work / "tokens", get_tokenizer(args.tokenizer), plots=False)
     build_sequences(work / "tokens", work / "sequences", window=100, valid_fraction=0.1, seed=42)
     os.chdir(work)
 
@@ -105,12 +112,13 @@ def main() -> None:
             f"train_seconds_to_{args.target}": reached,
             "heldout_cross_entropy": result.metrics["cross_entropy"],
             "heldout_accuracy": result.metrics["accuracy"],
+            "heldout_nll_per_note": result.metrics["nll_per_note"],
             "wall_seconds": round(wall),
             "bundle": str(work / f"bundle-{name}"),  # for bench/music.py --model
             "curve": probe.curve,
         })
 
-    atomic_write_json(args.out, {"corpus": str(args.corpus), "minutes": args.minutes, "target": args.target, "results": rows})
+    atomic_write_json(args.out, {"corpus": str(args.corpus), "tokenizer": args.tokenizer, "minutes": args.minutes, "target": args.target, "results": rows})
     print(f"\n| model | parameters | targets/s | epochs | training s to <= {args.target} nats | held-out CE (all validation windows) | accuracy |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -44,17 +44,17 @@ def ingest(
 
 @app.command()
 def tokenize(
-    tokenizer: Annotated[str, typer.Option(help="paper (the paper's note/chord tokens) or timed (onsets and durations)")] = "paper",
+    tokenizer: Annotated[str, typer.Option(help="timed (onsets, durations, voicings), remi (REMI: bars, positions, pitches, durations) or paper (the paper's note/chord tokens)")] = "timed",
     in_dir: Annotated[Path, typer.Option("--in", help="Folder of MIDI files")] = Path("data/raw"),
     out: Annotated[Path, typer.Option(help="Folder for tokens.jsonl, vocab.json, stats.json and plots")] = Path("data/tokens"),
-    steps_per_quarter: Annotated[int, typer.Option(help="Grid of the timed tokenizer")] = 12,
+    steps_per_quarter: Annotated[int, typer.Option(help="Grid of the timed and remi tokenizers")] = 12,
     plots: Annotated[bool, typer.Option(help="Draw the corpus plots")] = True,
 ) -> None:
     """Turn every MIDI file of IN into a token sequence."""
     from pianola.corpus import tokenize_corpus
     from pianola.tokenizers import get_tokenizer
 
-    config = {"steps_per_quarter": steps_per_quarter} if tokenizer == "timed" else {}
+    config = {"steps_per_quarter": steps_per_quarter} if tokenizer in ("timed", "remi") else {}
     try:
         chosen = get_tokenizer(tokenizer, **config)
     except ValueError as e:
@@ -191,21 +191,42 @@ def generate(
     metrics: Annotated[Path | None, typer.Option(help="Also write the batch's metrics (JSON) here")] = None,
     track: Track = True,
 ) -> None:
-    """Generate N pieces as MIDI (and WAV), with piano rolls and music metrics."""
-    from pianola.bundle import load_bundle
-    from pianola.generate import generate_pieces, write_report
+    """Generate N pieces as MIDI (and WAV), with piano rolls, music metrics and musicality against held-out pieces."""
+    from pianola.generate import generate_batch
 
-    sampling = Sampling(strategy, temperature, top_k, top_p, repetition_penalty)
-    bundle = load_bundle(model)
-    pieces = generate_pieces(bundle, out, n=n, length=length, sampling=sampling, seed=seed, primer=primer,
-                             corpus_dir=corpus, tempo_qpm=tempo, wav=wav, soundfont=soundfont)
-    settings = {"model": model, "n": n, "length": length, "seed": seed, "primer": primer, "tempo": tempo} | vars(sampling)
-    summary = write_report(pieces, out, settings, metrics_path=metrics)
-    if track:
-        from pianola.tracking import log_generation
+    result = generate_batch(model, out, n=n, length=length, sampling=Sampling(strategy, temperature, top_k, top_p, repetition_penalty),
+                            seed=seed, primer=primer, corpus_dir=corpus, tempo_qpm=tempo, wav=wav, soundfont=soundfont,
+                            metrics_path=metrics, track=track)
+    typer.echo(result.describe())
 
-        log_generation(out, settings, summary)
-    typer.echo(f"wrote {len(pieces)} piece(s) to {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+@app.command()
+def musicality(
+    generated: Annotated[Path, typer.Argument(help="Folder of generated MIDI files")],
+    reference: Annotated[Path, typer.Option(help="Folder of held-out human pieces to compare with")],
+    train_dir: Annotated[Path, typer.Option("--train", help="Folder of the training pieces (novelty; the human baseline by default)")],
+    baseline: Annotated[Path | None, typer.Option(help="Folder of human pieces, not in the reference, for the human baseline (default: a sample of --train)")] = None,
+    excerpt: Annotated[float, typer.Option(help="Excerpt length in quarter notes: features are computed per excerpt")] = 64.0,
+    seed: Annotated[int, typer.Option(help="Seed of the baseline sample and of the distance samples")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON report here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw each feature's distance densities to this PNG")] = None,
+) -> None:
+    """Yang & Lerch musicality of GENERATED against held-out human pieces, beside a human baseline, and novelty."""
+    import json
+
+    from pianola.io import atomic_write_json
+    from pianola.musicality import musicality_report, notes_of_folder
+
+    report = musicality_report(notes_of_folder(generated), notes_of_folder(reference), notes_of_folder(train_dir),
+                               notes_of_folder(baseline) if baseline else None, quarters=excerpt, seed=seed)
+    if out:
+        atomic_write_json(out, report.report)
+    if plot:
+        from pianola.plots import distance_densities
+
+        distance_densities(report, plot)
+    typer.echo(json.dumps(report.report) if as_json else report.summary())
 
 
 @app.command()

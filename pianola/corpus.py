@@ -18,6 +18,7 @@ import numpy as np
 from pianola.errors import PianolaError
 from pianola.io import atomic_path, atomic_write_json
 from pianola.midi import load_score
+from pianola.music_metrics import score_notes
 from pianola.plots import PlotWorker
 from pianola.tokenizers.base import Tokenizer
 
@@ -29,6 +30,9 @@ TOKENS_FILE = "tokens.jsonl"
 class Piece:
     name: str
     tokens: list[str]
+    # Notes of the MIDI file as music_metrics.score_notes counts them: the denominator of the held-out
+    # likelihood per note, the same whatever the encoding. None where the tokens came without it.
+    notes: int | None = None
 
 
 @dataclass
@@ -57,7 +61,10 @@ def midi_files(folder: str | os.PathLike) -> list[Path]:
 def write_pieces(path: str | os.PathLike, pieces: list[Piece]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         for piece in pieces:
-            f.write(json.dumps({"piece": piece.name, "tokens": piece.tokens}) + "\n")
+            record = {"piece": piece.name, "tokens": piece.tokens}
+            if piece.notes is not None:
+                record["notes"] = piece.notes
+            f.write(json.dumps(record) + "\n")
 
 
 def read_pieces(path: str | os.PathLike) -> list[Piece]:
@@ -72,7 +79,8 @@ def read_pieces(path: str | os.PathLike) -> list[Piece]:
         for number, line in enumerate(f, 1):
             try:
                 record = json.loads(line)
-                pieces.append(Piece(str(record["piece"]), list(record["tokens"])))
+                notes = record.get("notes")
+                pieces.append(Piece(str(record["piece"]), list(record["tokens"]), None if notes is None else int(notes)))
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise PianolaError(f"{path}:{number}: not a tokens.jsonl record ({e})") from e
     return pieces
@@ -115,7 +123,7 @@ def _tokenize_files(
         if not tokens:
             skipped.append({"piece": path.name, "reason": "no pitched notes"})
             continue
-        pieces.append(Piece(path.name, tokens))
+        pieces.append(Piece(path.name, tokens, len(score_notes(score))))
         example = example or path
         for track in score.tracks:
             if not track.is_drum:

@@ -1,5 +1,11 @@
 """Held-out evaluation in the paper's sense: for every window of `window` tokens of every piece,
 the cross-entropy (nats) of the token that follows it, with perplexity, top-1 accuracy and OOV rate.
+
+Beside it, the likelihood per NOTE, which ranks encodings: a piece's token NLL summed over all its
+tokens (each predicted from up to `window` tokens before it), divided by its number of MIDI notes.
+A token costs little in an encoding that spends many tokens on a note; per note, encodings of the
+same pieces are compared on one scale. The paper's models see only full windows, so their opening
+tokens cannot be scored: their figure is the mean over the scored tokens times the tokens per note.
 """
 
 from __future__ import annotations
@@ -26,15 +32,20 @@ class HeldOutMetrics:
     accuracy: float  # top-1
     oov_rate: float  # share of predicted tokens outside the vocabulary (<unk>)
     tokens: int  # tokens predicted: one per window
+    nll_per_note: float | None = None  # nats per MIDI note over whole pieces; None where notes are unknown
+    notes: int | None = None  # MIDI notes of the pieces
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
-        return (
+        line = (
             f"cross-entropy {self.cross_entropy:.4f} nats/token, perplexity {self.perplexity:.2f}, "
             f"accuracy {self.accuracy:.2%}, OOV {self.oov_rate:.2%}, {self.tokens:,} tokens"
         )
+        if self.nll_per_note is not None:
+            line += f"; {self.nll_per_note:.4f} nats/note over {self.notes:,} notes"
+        return line
 
 
 def next_token_probs(bundle: Bundle, windows: np.ndarray) -> np.ndarray:
@@ -65,13 +76,43 @@ def held_out_metrics(bundle: Bundle, split: EncodedSplit, *, batch_size: int = 5
         correct += int((probs.argmax(axis=1) == targets).sum())
     targets = split.ids[starts + window]
     ce = nll / len(starts)
+    per_note = None
+    if split.notes is not None and split.notes.sum() > 0:
+        opening, scored = opening_nll(bundle, split) if bundle.input_kind == "tokens" else (0.0, 0)
+        scored += len(starts)
+        predictable = int(np.maximum(np.diff(split.offsets) - 1, 0).sum())  # every token but each piece's first
+        per_note = round((nll + opening) / scored * predictable / int(split.notes.sum()), 6)
     return HeldOutMetrics(
         cross_entropy=round(ce, 6),
         perplexity=round(math.exp(ce), 4),
         accuracy=round(correct / len(starts), 6),
         oov_rate=round(float(np.mean(targets == 0)), 6),
         tokens=int(len(starts)),
+        nll_per_note=per_note,
+        notes=None if split.notes is None else int(split.notes.sum()),
     )
+
+
+def opening_nll(bundle: Bundle, split: EncodedSplit) -> tuple[float, int]:
+    """NLL summed over the tokens no full window precedes (positions 1 .. window - 1 of each piece), and their count.
+
+    A causal model predicts them from the piece's start in one pass over its first window.
+    """
+    import keras
+
+    window = bundle.window
+    nll, count = 0.0, 0
+    openings = [split.piece_ids(i)[:window] for i in range(len(split.pieces))]
+    full = [ids for ids in openings if len(ids) == window]
+    batches = [np.stack(full)] if full else []
+    batches += [ids[None, :] for ids in openings if 1 < len(ids) < window]
+    for x in batches:  # (B, T)
+        # A direct call, not predict_on_batch: under a distribution strategy that splits and re-joins the batch.
+        probs = keras.ops.convert_to_numpy(bundle.model(x.astype("int32"), training=False))  # (B, T, V)
+        hit = np.take_along_axis(probs[:, :-1], x[:, 1:, None].astype(np.int64), axis=2)[:, :, 0]  # (B, T - 1)
+        nll -= float(np.log(np.maximum(hit, _EPS)).sum())
+        count += hit.size
+    return nll, count
 
 
 def encode_midi(bundle: Bundle, midi_dir: str | os.PathLike, pieces: list[str] | None = None) -> EncodedSplit:
@@ -87,11 +128,13 @@ def encode_midi(bundle: Bundle, midi_dir: str | os.PathLike, pieces: list[str] |
         files = [p for p in files if p.name in wanted]
     if not files:
         raise PianolaError(f"{midi_dir}: no MIDI files to evaluate")
+    from pianola.music_metrics import load_notes
+
     tokenizer = bundle.tokenizer
     encoded = []
     for path in files:
         try:
-            encoded.append(Piece(path.name, tokenizer.encode(path)))
+            encoded.append(Piece(path.name, tokenizer.encode(path), len(load_notes(path))))
         except PianolaError:
             raise
         except Exception as e:

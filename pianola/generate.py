@@ -12,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pianola.bundle import Bundle
+from pianola.bundle import Bundle, load_bundle
 from pianola.errors import PianolaError
+from pianola.music_metrics import corpus_reference, load_notes, piece_metrics
+from pianola.musicality import MusicalityReport, musicality_report, notes_of_folder
 
 STRATEGIES = ("greedy", "temperature", "top_k", "top_p")
 REPETITION_WINDOW = 8  # generated tokens the repetition penalty looks back on
+MUSICALITY_PLOT = "musicality.png"
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 20
     top_p: float = 0.95  # wide enough that a piece does not settle into a loop (bench/music.py)
-    # A token's probability is divided by this once for each time it is among the last
+    # A pitch token's probability is divided by this once for each time it is among the last
     # REPETITION_WINDOW generated tokens: without it, one piece in twenty settles on a pedal
     # note for most of its length (bench/music.py). 1.0 turns it off.
     repetition_penalty: float = 1.3
@@ -46,17 +49,21 @@ class Sampling:
 
 
 def sample_next(
-    probs: np.ndarray, sampling: Sampling, rng: np.random.Generator, recent: np.ndarray | None = None
+    probs: np.ndarray, sampling: Sampling, rng: np.random.Generator, recent: np.ndarray | None = None,
+    penalised: np.ndarray | None = None,
 ) -> np.ndarray:
     """(B,) token ids drawn from (B, V) probabilities; `<unk>` (id 0) is never drawn.
 
-    `recent` (B, R) holds the ids generated last, which the repetition penalty makes less likely.
+    `recent` (B, R) holds the ids generated last, which the repetition penalty makes less likely;
+    `penalised` (V,) bool limits it to some tokens (all, when None).
     """
     p = np.asarray(probs, dtype=np.float64).copy()  # (B, V)
     if recent is not None and sampling.repetition_penalty != 1.0:
         rows = np.arange(len(p))
         for column in range(recent.shape[1]):
-            p[rows, recent[:, column]] /= sampling.repetition_penalty
+            ids = recent[:, column]
+            penalty = sampling.repetition_penalty
+            p[rows, ids] /= penalty if penalised is None else np.where(penalised[ids], penalty, 1.0)
     p[:, 0] = 0.0
     if sampling.strategy == "greedy":
         return p.argmax(axis=1)
@@ -133,9 +140,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)  # = 1 / (1 + e^-x), without overflow
 
 
+def pitch_tokens(bundle: Bundle) -> np.ndarray:
+    """(V,) bool: the tokens that carry a pitch (those a transposition moves), which the repetition penalty
+    applies to. Time shifts and durations repeat in any steady rhythm: penalising them breaks the rhythm."""
+    tokenizer = bundle.tokenizer
+    return np.array([tokenizer.transpose(token, 1) != token for token in bundle.vocab.tokens])
+
+
 def generate_ids(bundle: Bundle, primers: np.ndarray, length: int, sampling: Sampling, seed: int) -> np.ndarray:
     """(B, length) new token ids continuing each of the (B, window) primers."""
     rng = np.random.default_rng(seed)
+    penalised = pitch_tokens(bundle)
     batch = len(primers)
     out = np.zeros((batch, length), dtype=np.int32)
     if bundle.input_kind == "tokens":
@@ -147,14 +162,15 @@ def generate_ids(bundle: Bundle, primers: np.ndarray, length: int, sampling: Sam
         with threadpool_limits(limits=1, user_api="blas"):
             probs, state = stepper.run(primers)
             for t in range(length):
-                out[:, t] = sample_next(probs, sampling, rng, out[:, max(0, t - REPETITION_WINDOW) : t])
+                out[:, t] = sample_next(probs, sampling, rng, out[:, max(0, t - REPETITION_WINDOW) : t], penalised)
                 probs, state = stepper.step(out[:, t], state)
         return out
     from pianola.evaluate import next_token_probs
 
     window = np.array(primers, dtype=np.int32)  # (B, T): slides by one token per step, as the paper did
     for t in range(length):
-        out[:, t] = sample_next(next_token_probs(bundle, window), sampling, rng, out[:, max(0, t - REPETITION_WINDOW) : t])
+        recent = out[:, max(0, t - REPETITION_WINDOW) : t]
+        out[:, t] = sample_next(next_token_probs(bundle, window), sampling, rng, recent, penalised)
         window = np.concatenate([window[:, 1:], out[:, t : t + 1]], axis=1)
     return out
 
@@ -204,13 +220,26 @@ class GeneratedPiece:
     metrics: dict = field(default_factory=dict)
 
 
-def corpus_reference_of(bundle: Bundle, corpus_dir: str | os.PathLike):
-    """The music-metrics reference of the training pieces of `corpus_dir` (validation pieces left out)."""
-    from pianola.corpus import midi_files
-    from pianola.music_metrics import corpus_reference, load_notes
+@dataclass
+class HeldOutSplit:
+    """The notes of a corpus folder's pieces, split as the bundle was trained: name -> (N, 3) notes."""
 
-    held_out = set(bundle.info.get("valid_pieces", []))
-    return corpus_reference({p.name: load_notes(p) for p in midi_files(corpus_dir) if p.name not in held_out})
+    training: dict[str, np.ndarray]
+    validation: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, bundle: Bundle, corpus_dir: str | os.PathLike) -> HeldOutSplit:
+        held_out = set(bundle.info.get("valid_pieces", []))
+        notes = notes_of_folder(corpus_dir)
+        return cls({k: v for k, v in notes.items() if k not in held_out}, {k: v for k, v in notes.items() if k in held_out})
+
+
+@dataclass
+class Batch:
+    """A generated batch: its pieces, and their musicality against the held-out pieces (None without any)."""
+
+    pieces: list[GeneratedPiece]
+    musicality: MusicalityReport | None = None
 
 
 def summarize(pieces: list[GeneratedPiece]) -> dict:
@@ -246,10 +275,10 @@ def generate_pieces(
     tempo_qpm: float = 120.0,
     wav: bool = False,
     soundfont: str | None = None,
-) -> list[GeneratedPiece]:
-    """Generate n pieces of `length` tokens into `out_dir`: MIDI, piano-roll PNG, metrics, and WAV when asked."""
+) -> Batch:
+    """Generate n pieces of `length` tokens into `out_dir`: MIDI, piano-roll PNG, metrics, WAV when asked, and
+    their musicality against the bundle's validation pieces found in `corpus_dir`."""
     from pianola.midi import write_score
-    from pianola.music_metrics import load_notes, piece_metrics
     from pianola.plots import piano_roll
 
     if n < 1 or length < 1:
@@ -265,36 +294,82 @@ def generate_pieces(
     else:
         primers, origins = file_primer(bundle, primer, n)
     ids = generate_ids(bundle, primers, length, sampling, seed)
-    reference = corpus_reference_of(bundle, corpus_dir)
+    corpus = HeldOutSplit.of(bundle, corpus_dir)
+    reference = corpus_reference(corpus.training)
     tokenizer = bundle.tokenizer
-    pieces = []
+    pieces, notes = [], {}
     for i, row in enumerate(ids):
         name = f"piece_{i:03d}"
         tokens = bundle.vocab.decode(row)
         piece = GeneratedPiece(name, origins[i], tokens, out_dir / f"{name}.mid", out_dir / f"{name}.png")
         write_score(tokenizer.decode(tokens, tempo_qpm=tempo_qpm), piece.midi)
         piano_roll(piece.midi, piece.piano_roll, title=f"{name} (primer {piece.primer})")
-        piece.metrics = piece_metrics(tokens, load_notes(piece.midi), reference=reference)
+        notes[name] = load_notes(piece.midi)
+        piece.metrics = piece_metrics(tokens, notes[name], reference=reference)
         if wav:
             from pianola.render import render_wav
 
             piece.wav = render_wav(piece.midi, out_dir / f"{name}.wav", soundfont=soundfont)
         pieces.append(piece)
-    return pieces
+    return Batch(pieces, musicality_against_held_out(notes, corpus, out_dir / MUSICALITY_PLOT, seed))
 
 
-def write_report(pieces: list[GeneratedPiece], out_dir: str | os.PathLike, settings: dict,
+def musicality_against_held_out(generated: dict[str, np.ndarray], corpus: HeldOutSplit, plot: Path, seed: int):
+    """The musicality report of `generated` against the validation pieces, its plot at `plot`; None when the
+    corpus folder holds none of them (another corpus than the bundle's) or no generated piece has a note."""
+    from pianola.plots import distance_densities
+
+    if not corpus.validation or not any(len(notes) for notes in generated.values()):
+        return None
+    report = musicality_report(generated, corpus.validation, corpus.training, seed=seed)
+    distance_densities(report, plot)
+    return report
+
+
+def write_report(batch: Batch, out_dir: str | os.PathLike, settings: dict,
                  metrics_path: str | os.PathLike | None = None) -> dict:
-    """generation.json in `out_dir` (settings, per-piece metrics) and the batch summary, also to `metrics_path`."""
+    """generation.json in `out_dir` (settings, per-piece metrics, musicality) and the batch summary, also to
+    `metrics_path`."""
     from pianola.io import atomic_write_json
 
-    summary = summarize(pieces)
+    summary = summarize(batch.pieces) | (batch.musicality.metrics() if batch.musicality else {})
     atomic_write_json(Path(out_dir) / "generation.json", {
         "settings": settings,
         "summary": summary,
+        "musicality": batch.musicality.report if batch.musicality else None,
         "pieces": [{"name": p.name, "primer": p.primer, "midi": p.midi.name, "wav": p.wav.name if p.wav else None,
-                    "metrics": p.metrics} for p in pieces],
+                    "metrics": p.metrics} for p in batch.pieces],
     })
     if metrics_path:
         atomic_write_json(metrics_path, summary)
     return summary
+
+
+@dataclass
+class BatchResult:
+    out: Path
+    pieces: list[GeneratedPiece]
+    settings: dict
+    summary: dict
+    run_id: str | None  # the MLflow run holding the batch; None untracked
+
+    def describe(self) -> str:
+        return f"wrote {len(self.pieces)} piece(s) to {self.out}: " + ", ".join(f"{k} {v}" for k, v in self.summary.items())
+
+
+def generate_batch(model: str, out_dir: str | os.PathLike, *, n: int, length: int, sampling: Sampling, seed: int,
+                   primer: str = "random", corpus_dir: str | os.PathLike = "data/raw", tempo_qpm: float = 120.0,
+                   wav: bool = False, soundfont: str | None = None, metrics_path: str | os.PathLike | None = None,
+                   track: bool = False) -> BatchResult:
+    """What `pianola generate` and the generate flow do: load `model`, generate, write the report, and log the
+    batch to an MLflow run when `track`."""
+    batch = generate_pieces(load_bundle(model), out_dir, n=n, length=length, sampling=sampling, seed=seed, primer=primer,
+                            corpus_dir=corpus_dir, tempo_qpm=tempo_qpm, wav=wav, soundfont=soundfont)
+    settings = {"model": model, "n": n, "length": length, "seed": seed, "primer": primer, "tempo": tempo_qpm} | vars(sampling)
+    summary = write_report(batch, out_dir, settings, metrics_path=metrics_path)
+    run_id = None
+    if track:
+        from pianola.tracking import log_generation
+
+        run_id = log_generation(Path(out_dir), settings, summary)
+    return BatchResult(Path(out_dir), batch.pieces, settings, summary, run_id)

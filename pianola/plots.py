@@ -1,4 +1,4 @@
-"""PNG plots: the paper's corpus figures and, later, training curves and piano rolls.
+"""PNG plots: the paper's corpus figures, training curves, piano rolls and musicality densities.
 
 matplotlib is imported here only, on first use, so commands that draw nothing start fast.
 """
@@ -9,11 +9,15 @@ import multiprocessing
 import os
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pianola.io import atomic_path
 from pianola.midi import load_score
+
+if TYPE_CHECKING:
+    from pianola.musicality import MusicalityReport
 
 PITCH_CLASS_NAMES = ["C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B"]
 
@@ -148,3 +152,27 @@ def piano_roll(midi_path: str | os.PathLike, png_path: str | os.PathLike, title:
     ax.set_ylabel("MIDI pitch")
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, png_path)
+
+
+def distance_densities(result: MusicalityReport, path: str | os.PathLike, title: str | None = None) -> None:
+    """One panel per feature: the intra-set density, the generated and the human inter-set densities."""
+    from pianola.musicality import FEATURES
+
+    plt = _pyplot()
+    columns = 4
+    rows = -(-len(FEATURES) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows))
+    for ax, (name, feature) in zip(axes.ravel(), FEATURES.items()):
+        gen, human = result.generated[name], result.human[name]
+        row = result.report["features"][name]
+        ax.plot(gen.grid, gen.intra, color="black", label="reference (intra-set)")
+        ax.plot(gen.grid, gen.inter, color="tab:red", label=f"generated, OA {row['generated']['oa']:.2f}")
+        ax.plot(human.grid, human.inter, color="tab:blue", linestyle="--", label=f"human, OA {row['human']['oa']:.2f}")
+        ax.set_title(feature.label, fontsize=9)
+        ax.set_xlabel("distance", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(FEATURES):]:
+        ax.axis("off")
+    fig.suptitle(title or "Distance densities per feature (Yang & Lerch 2018)")
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -42,6 +42,7 @@ class EncodedSplit:
     ids: np.ndarray  # (total,) int32
     offsets: np.ndarray  # (pieces + 1,) int64
     pieces: list[str]
+    notes: np.ndarray | None = None  # (pieces,) int64: each piece's MIDI notes (see corpus.Piece), if known
 
     @classmethod
     def encode(cls, pieces: list[Piece], vocab: Vocabulary) -> EncodedSplit:
@@ -49,7 +50,9 @@ class EncodedSplit:
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum([len(a) for a in arrays], out=offsets[1:])
         ids = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
-        return cls(ids.astype(np.int32), offsets, [p.name for p in pieces])
+        known = bool(pieces) and all(p.notes is not None for p in pieces)
+        notes = np.array([p.notes for p in pieces], dtype=np.int64) if known else None
+        return cls(ids.astype(np.int32), offsets, [p.name for p in pieces], notes)
 
     def window_starts(self, window: int) -> np.ndarray:
         """Start index of every window of `window` inputs + 1 target lying inside one piece."""
@@ -68,14 +71,18 @@ class EncodedSplit:
         return self.ids[self.offsets[i] : self.offsets[i + 1]]
 
     def save(self, path: str | os.PathLike) -> None:
+        arrays = {"ids": self.ids, "offsets": self.offsets, "pieces": np.array(self.pieces, dtype=str)}
+        if self.notes is not None:
+            arrays["notes"] = self.notes
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, ids=self.ids, offsets=self.offsets, pieces=np.array(self.pieces, dtype=str))
+            np.savez_compressed(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EncodedSplit:
         try:
             with np.load(path) as data:
-                return cls(data["ids"], data["offsets"], [str(p) for p in data["pieces"]])
+                notes = data["notes"] if "notes" in data.files else None
+                return cls(data["ids"], data["offsets"], [str(p) for p in data["pieces"]], notes)
         except FileNotFoundError as e:
             raise PianolaError(f"{path}: not found; run `pianola sequences` first") from e
         except (KeyError, ValueError, OSError) as e:
@@ -103,6 +110,7 @@ def build_sequences(
             "tokens": int(len(encoded.ids)),
             "windows": int(len(encoded.window_starts(window))),
             "oov_rate": round(float(np.mean(encoded.ids == 0)) if len(encoded.ids) else 0.0, 6),
+            "notes": None if encoded.notes is None else int(encoded.notes.sum()),
         }
     if meta["train"]["windows"] == 0:
         raise PianolaError(

@@ -306,7 +306,7 @@ def train(
                               "preset": config.preset, "run_id": run.info.run_id, "history": history})
         held_out = held_out_metrics(bundle, valid_split).to_json()
         bundle.info["heldout"] = held_out
-        mlflow.log_metrics({f"heldout_{k}": v for k, v in held_out.items()})
+        mlflow.log_metrics({f"heldout_{k}": v for k, v in held_out.items() if v is not None})
         if history:
             curves = run_dir / "loss_curves.png"
             training_curves(history, curves, title=f"{config.model} ({config.preset})")

@@ -4,7 +4,6 @@ Used by the generate flow; the pieces and their metrics are also logged to an ML
 """
 
 from collections.abc import Callable
-from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -22,17 +21,11 @@ def generate_batch(model: str, out: str, *, n: int, length: int, strategy: str, 
 
     Returns the folder, the pieces' MIDI files, the batch summary and the MLflow run id (None untracked).
     """
-    from pianola.bundle import load_bundle
-    from pianola.generate import Sampling, generate_pieces, write_report
-    from pianola.tracking import log_generation
+    from pianola.generate import Sampling, generate_batch as run_batch
 
-    sampling = Sampling(strategy, temperature, top_k, top_p, repetition_penalty)
-    pieces = generate_pieces(load_bundle(model), out, n=n, length=length, sampling=sampling, seed=seed,
-                             primer=primer, corpus_dir=corpus, tempo_qpm=tempo, wav=wav, soundfont=soundfont)
-    settings = {"model": model, "n": n, "length": length, "seed": seed, "primer": primer, "tempo": tempo} | vars(sampling)
-    summary = write_report(pieces, out, settings)
-    run_id = log_generation(Path(out), settings, summary) if track else None
-    return {"out": out, "midi": [str(p.midi) for p in pieces], "summary": summary, "run_id": run_id}
+    result = run_batch(model, out, n=n, length=length, sampling=Sampling(strategy, temperature, top_k, top_p, repetition_penalty),
+                       seed=seed, primer=primer, corpus_dir=corpus, tempo_qpm=tempo, wav=wav, soundfont=soundfont, track=track)
+    return {"out": out, "midi": [str(p.midi) for p in result.pieces], "summary": result.summary, "run_id": result.run_id}
 
 
 def storage_publisher(s3_uri: str) -> Callable[[str, str], object]:

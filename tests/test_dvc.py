@@ -44,7 +44,8 @@ def test_dvc_repro_runs_the_stages_and_a_second_repro_does_nothing(tmp_path: Pat
     assert (repo / "data/raw/manifest.json").exists() and (repo / "data/tokens/tokens.jsonl").exists()
     assert (repo / "data/sequences/train.npz").exists() and (repo / "models/candidate/bundle.json").exists()
     metrics = yaml.safe_load((repo / "metrics/evaluate.json").read_text())
-    assert set(metrics) == {"cross_entropy", "perplexity", "accuracy", "oov_rate", "tokens"}
+    assert set(metrics) == {"cross_entropy", "perplexity", "accuracy", "oov_rate", "tokens", "nll_per_note", "notes"}
+    assert metrics["nll_per_note"] > 0 and metrics["notes"] > 0
     assert (repo / "metrics/training_curves.csv").read_text().startswith("epoch,loss,val_loss")
     assert (repo / "dvc.lock").exists()
 

@@ -292,7 +292,7 @@ def test_generate_flow_publishes_the_batch_to_s3(
                 "--no-track", "--publish", f"s3://{s3_bucket}/batches/one"], project, env)
     assert json.loads(done.stdout)["published_to"] == f"s3://{s3_bucket}/batches/one"
     assert sorted(s3_server.keys(s3_bucket, "batches/one/")) == [
-        f"batches/one/{name}" for name in ("generation.json", "piece_000.mid", "piece_000.png")
+        f"batches/one/{name}" for name in ("generation.json", "musicality.png", "piece_000.mid", "piece_000.png")
     ]
 
 

@@ -39,7 +39,7 @@ def bundle_dir(tiny_project: Path, tmp_path_factory) -> Path:
 
 def generate(bundle_dir: Path, tiny_project: Path, out: Path, **kwargs):
     options = {"n": 3, "length": 40, "sampling": Sampling(), "seed": 7, "corpus_dir": tiny_project / "data/raw"} | kwargs
-    return generate_pieces(load_bundle(bundle_dir), out, **options)
+    return generate_pieces(load_bundle(bundle_dir), out, **options).pieces
 
 
 def test_same_seed_gives_the_same_files_byte_for_byte(bundle_dir: Path, tiny_project: Path, tmp_path: Path) -> None:
@@ -95,6 +95,17 @@ def test_repetition_penalty_makes_recent_tokens_less_likely() -> None:
     assert np.mean(penalized == 1) == pytest.approx(0.5 / 2.25 / (0.5 / 2.25 + 0.5), abs=0.02)
     plain = sample_next(probs, Sampling("temperature", repetition_penalty=1.0), rng, recent)
     assert np.mean(plain == 1) == pytest.approx(0.5, abs=0.02)
+    unpitched = sample_next(probs, Sampling("temperature", repetition_penalty=1.5), rng, recent,
+                            penalised=np.array([False, False, True]))
+    assert np.mean(unpitched == 1) == pytest.approx(0.5, abs=0.02)  # token 1 is not penalised
+
+
+def test_only_pitch_tokens_are_penalised(bundle_dir: Path) -> None:
+    from pianola.generate import pitch_tokens
+
+    bundle = load_bundle(bundle_dir)
+    mask = dict(zip(bundle.vocab.tokens, pitch_tokens(bundle)))
+    assert mask["<unk>"] is np.False_ and all(mask[t] == t.startswith("note:") for t in bundle.vocab.tokens)
 
 
 def test_bad_sampling_settings_are_clear_errors() -> None:
@@ -157,11 +168,19 @@ def test_generate_command_writes_pieces_report_and_wav(bundle_dir: Path, tiny_pr
     report = json.loads((out / "generation.json").read_text())
     assert [p["midi"] for p in report["pieces"]] == ["piece_000.mid", "piece_001.mid"]
     assert (out / "piece_001.wav").read_bytes()[:4] == b"RIFF"
-    assert json.loads((tmp_path / "m.json").read_text())["pieces"] == 2
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["pieces"] == 2
+    # Musicality against the bundle's validation pieces, in the report, the metrics and a plot.
+    assert report["musicality"]["sets"]["reference"]["pieces"] == 2 and report["musicality"]["sets"]["generated"]["pieces"] == 2
+    assert metrics["musicality_mean_oa"] == report["musicality"]["mean_oa"]["generated"]
+    assert {"musicality_oa_ratio", "musicality_min_feature_ratio", "oa_ioi_std"} <= set(metrics)
+    # 30 tokens are about 10 notes: too few 8-note n-grams can leave novelty unmeasured, never made up.
+    assert ("novelty_copied_share" in metrics) == (report["musicality"]["novelty"]["generated"] is not None)
     from mlflow.tracking import MlflowClient
     import mlflow
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     files = {a.path for a in MlflowClient().list_artifacts(runs[0].info.run_id, "pieces")}
-    assert {"pieces/piece_000.mid", "pieces/piece_000.wav", "pieces/piece_000.png"} <= files
+    assert {"pieces/piece_000.mid", "pieces/piece_000.wav", "pieces/piece_000.png", "pieces/musicality.png"} <= files
+    assert "musicality_mean_oa" in runs[0].data.metrics

@@ -50,9 +50,15 @@ def test_tokenize_writes_tokens_vocab_stats_and_plots(midi_folder: Path, tmp_pat
 
 def test_paper_tokens_are_notes_and_chords(midi_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "tokens"
-    assert pianola("tokenize", "--in", str(midi_folder), "--out", str(out), "--no-plots").returncode == 0
+    assert pianola("tokenize", "--tokenizer", "paper", "--in", str(midi_folder), "--out", str(out), "--no-plots").returncode == 0
     pieces = {json.loads(line)["piece"]: json.loads(line)["tokens"] for line in (out / "tokens.jsonl").read_text().splitlines()}
     assert pieces["b.mid"] == ["0.4.7", "D4"]
+
+
+def test_the_default_tokenizer_keeps_rhythm(midi_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tokens"
+    assert pianola("tokenize", "--in", str(midi_folder), "--out", str(out), "--no-plots").returncode == 0
+    assert json.loads((out / "stats.json").read_text())["tokenizer"]["name"] == "timed"
 
 
 def test_folder_without_readable_midi_fails_clearly(tmp_path: Path) -> None:
@@ -70,8 +76,8 @@ def test_missing_folder_fails_clearly(tmp_path: Path) -> None:
 
 
 def test_unknown_tokenizer_fails_clearly(midi_folder: Path, tmp_path: Path) -> None:
-    result = pianola("tokenize", "--tokenizer", "remi", "--in", str(midi_folder), "--out", str(tmp_path / "t"))
-    assert result.returncode == 1 and "unknown tokenizer 'remi'" in result.stderr
+    result = pianola("tokenize", "--tokenizer", "octuple", "--in", str(midi_folder), "--out", str(tmp_path / "t"))
+    assert result.returncode == 1 and "unknown tokenizer 'octuple'" in result.stderr
 
 
 def test_tokenize_does_not_import_tensorflow_or_music21(midi_folder: Path, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Tokenizers turn a MIDI file into a list of string tokens and back.
 
-`paper`: the paper's note/chord encoding (music21-compatible); `timed`: keeps onsets, durations, octaves.
+`paper`: the paper's note/chord encoding (music21-compatible); `timed`: keeps onsets, durations, octaves;
+`remi`: the field's standard REMI (Bar, Position, Pitch, Duration), via miditok.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 
 from pianola.tokenizers.base import Tokenizer
 
-TOKENIZERS = ("paper", "timed")
+TOKENIZERS = ("paper", "timed", "remi")
 
 
 def get_tokenizer(name: str, **config: Any) -> Tokenizer:
@@ -22,6 +23,10 @@ def get_tokenizer(name: str, **config: Any) -> Tokenizer:
         from pianola.tokenizers.timed import TimedTokenizer
 
         return TimedTokenizer(**config)
+    if name == "remi":
+        from pianola.tokenizers.remi import RemiTokenizer
+
+        return RemiTokenizer(**config)
     raise ValueError(f"unknown tokenizer {name!r}: choose one of {', '.join(TOKENIZERS)}")
 
 
