@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pianola.errors import PianolaError
-from pianola.io import atomic_write_json
+from pianola.io import atomic_folder, atomic_write_json
 from pianola.tokenizers import tokenizer_from_config
 from pianola.tokenizers.base import Tokenizer
 from pianola.vocab import Vocabulary
@@ -53,9 +51,7 @@ class Bundle:
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the bundle to `folder`, replacing it whole only once every file is written."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as staging:
             self.model.save(staging / MODEL_FILE)
             self.vocab.save(staging / VOCAB_FILE)
             atomic_write_json(
@@ -70,11 +66,6 @@ class Bundle:
                     "info": self.info,
                 },
             )
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(staging, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return folder
 
 

@@ -44,7 +44,7 @@ def ingest(
 
 @app.command()
 def tokenize(
-    tokenizer: Annotated[str, typer.Option(help="timed (onsets, durations, voicings), remi (REMI: bars, positions, pitches, durations) or paper (the paper's note/chord tokens)")] = "timed",
+    tokenizer: Annotated[str, typer.Option(help="timed (onsets, durations, voicings), remi (REMI: bars, positions, pitches, durations), paper (the paper's note/chord tokens) or roll (piano-roll frames)")] = "timed",
     in_dir: Annotated[Path, typer.Option("--in", help="Folder of MIDI files")] = Path("data/raw"),
     out: Annotated[Path, typer.Option(help="Folder for tokens.jsonl, vocab.json, stats.json and plots")] = Path("data/tokens"),
     steps_per_quarter: Annotated[int, typer.Option(help="Grid of the timed and remi tokenizers")] = 12,
@@ -271,6 +271,46 @@ def publish(
 
     keys = run_publish(folder, to)
     typer.echo(f"uploaded {len(keys)} file(s) to {to}")
+
+
+benchmark_app = typer.Typer(help="The polyphonic-music likelihood benchmark (Piano-midi.de, Nottingham, MuseData, JSB).",
+                             no_args_is_help=True)
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("train")
+def benchmark_train(
+    data: Annotated[Path, typer.Option(help="A dataset file: .mat (traindata/validdata) or the original .pickle")],
+    out: Annotated[Path, typer.Option(help="Folder for the trained model")],
+    preset: Annotated[str, typer.Option(help="demo (a minute) | best (at most 28 minutes of training on 2 CPU cores)")] = "best",
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    max_minutes: Annotated[float | None, typer.Option(help="Override the preset's time budget")] = None,
+    track: Annotated[bool, typer.Option(help="Track the run in MLflow and register the model as pianola-bench-DATASET")] = True,
+) -> None:
+    """Train a roll-lstm on the train split, early-stopped on the exact valid NLL per frame."""
+    from pianola.benchmark.train import train_benchmark
+
+    overrides = {"max_minutes": max_minutes} if max_minutes is not None else {}
+    typer.echo(train_benchmark(data, out, preset, seed=seed, track=track, verbose=2, **overrides).summary())
+
+
+@benchmark_app.command("evaluate")
+def benchmark_evaluate(
+    model: Annotated[str, typer.Option(help="A folder from `benchmark train`, or an MLflow URI (models:/pianola-bench-jsb/1)")],
+    data: Annotated[Path, typer.Option(help="A dataset file (.mat or .pickle)")],
+    split: Annotated[str, typer.Option(help="valid | test (| train)")] = "valid",
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line")] = False,
+) -> None:
+    """The exact negative log-likelihood per frame (nats) of a split, every frame of every piece."""
+    import json
+
+    from pianola.benchmark.likelihood import evaluate_benchmark
+
+    result = evaluate_benchmark(model, str(data), split)
+    typer.echo(f"{result['dataset']} {split}: {result['nll_per_frame']:.4f} nats per frame over {result['frames']} frames "
+               f"of {result['pieces']} pieces ({result['nll_per_frame_first_excluded']:.4f} with each first frame excluded)")
+    if as_json:
+        typer.echo(json.dumps(result))
 
 
 def main() -> None:

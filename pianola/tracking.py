@@ -90,32 +90,36 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows)
 
 
-def log_and_register_bundle(bundle_dir: Path) -> str:
-    """Log the bundle folder to the active run, register it as `pianola`, alias `candidate`; the version."""
+def log_and_register_bundle(
+    bundle_dir: Path, python_model: mlflow.pyfunc.PythonModel | None = None, name: str = REGISTERED_MODEL,
+    artifact: str = "bundle",
+) -> str:
+    """Log a model folder to the active run as a pyfunc model (`BundleModel` by default, the folder as
+    its artifact `artifact`), register it as `name` with alias `candidate`; the version."""
     import pianola
 
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=BundleModel(),
-        artifacts={"bundle": str(bundle_dir)},
+        python_model=python_model or BundleModel(),
+        artifacts={artifact: str(bundle_dir)},
         pip_requirements=[f"pianola=={pianola.__version__}"],
-        registered_model_name=REGISTERED_MODEL,
+        registered_model_name=name,
     )
     version = str(info.registered_model_version)
-    MlflowClient().set_registered_model_alias(REGISTERED_MODEL, CANDIDATE, version)
+    MlflowClient().set_registered_model_alias(name, CANDIDATE, version)
     return version
 
 
-def download_bundle(uri: str) -> Path:
-    """Download a logged model (`models:/pianola@champion`, `runs:/ID/model`) and return its bundle folder."""
+def download_bundle(uri: str, marker: str = "bundle.json") -> Path:
+    """Download a logged model (`models:/pianola@champion`, `runs:/ID/model`); the folder holding `marker`."""
     setup()
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as e:
         raise PianolaError(f"{uri}: not found in MLflow at {tracking_uri()} ({e.message})") from e
-    found = sorted(local.rglob("bundle.json"))
+    found = sorted(local.rglob(marker))
     if not found:
-        raise PianolaError(f"{uri}: the logged model holds no pianola bundle")
+        raise PianolaError(f"{uri}: the logged model holds no {marker}")
     return found[0].parent
 
 

@@ -1,7 +1,8 @@
 """Tokenizers turn a MIDI file into a list of string tokens and back.
 
 `paper`: the paper's note/chord encoding (music21-compatible); `timed`: keeps onsets, durations, octaves;
-`remi`: the field's standard REMI (Bar, Position, Pitch, Duration), via miditok.
+`remi`: the field's standard REMI (Bar, Position, Pitch, Duration), via miditok; `roll`: the sounding keys
+frame by frame, the polyphonic benchmark's piano roll.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from pianola.tokenizers.base import Tokenizer
 
-TOKENIZERS = ("paper", "timed", "remi")
+TOKENIZERS = ("paper", "timed", "remi", "roll")
 
 
 def get_tokenizer(name: str, **config: Any) -> Tokenizer:
@@ -27,6 +28,10 @@ def get_tokenizer(name: str, **config: Any) -> Tokenizer:
         from pianola.tokenizers.remi import RemiTokenizer
 
         return RemiTokenizer(**config)
+    if name == "roll":
+        from pianola.tokenizers.roll import RollTokenizer
+
+        return RollTokenizer(**config)
     raise ValueError(f"unknown tokenizer {name!r}: choose one of {', '.join(TOKENIZERS)}")
 
 

@@ -1,0 +1,78 @@
+"""A benchmark model on disk and in MLflow: model.keras + benchmark.json, in one folder.
+
+The folder is logged as a pyfunc model whose `predict` scores pieces (frames of MIDI pitches) with
+their exact NLL per frame, and registered as `pianola-bench-DATASET`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from pianola.errors import PianolaError
+from pianola.io import atomic_folder, atomic_write_json
+
+MODEL_FILE = "model.keras"
+META_FILE = "benchmark.json"
+
+
+def registered_name(dataset: str) -> str:
+    return f"pianola-bench-{dataset}"
+
+
+def save_benchmark_model(model, meta: dict[str, Any], folder: str | os.PathLike) -> Path:
+    """Write the model and its facts to `folder`, replacing it whole once every file is written."""
+    folder = Path(folder)
+    with atomic_folder(folder) as staging:
+        model.save(staging / MODEL_FILE)
+        atomic_write_json(staging / META_FILE, meta)
+    return folder
+
+
+def load_benchmark_model(ref: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """(keras model, benchmark.json) from a folder or an MLflow URI (`models:/pianola-bench-jsb/1`)."""
+    text = str(ref)
+    if text.startswith(("models:/", "runs:/")):
+        from pianola.tracking import download_bundle
+
+        folder = download_bundle(text, marker=META_FILE)
+    else:
+        folder = Path(ref)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise PianolaError(f"{folder}: not a benchmark model folder (no {META_FILE}); train one with `pianola benchmark train`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise PianolaError(f"{meta_path}: damaged ({e})") from e
+    import keras
+
+    import pianola.models.roll  # noqa: F401  (registers FrameGrammar for deserialisation)
+
+    try:
+        model = keras.saving.load_model(folder / MODEL_FILE)
+    except (OSError, ValueError) as e:
+        raise PianolaError(f"{folder / MODEL_FILE}: cannot load the model ({e})") from e
+    return model, meta
+
+
+class RollScorer(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of a benchmark model: a `frames` column of pieces -> their NLL per frame."""
+
+    def load_context(self, context: Any) -> None:
+        self.model, self.meta = load_benchmark_model(context.artifacts["model"])
+
+    def predict(self, context: Any, model_input, params: dict | None = None):
+        import pandas as pd
+
+        from pianola.benchmark.data import roll_of_frames
+        from pianola.benchmark.likelihood import frame_nlls
+
+        rolls = [roll_of_frames([[int(p) for p in frame] for frame in piece], f"piece {i}")
+                 for i, piece in enumerate(model_input["frames"])]
+        nlls = frame_nlls(self.model, rolls)
+        return pd.DataFrame({"frames": [len(n) for n in nlls], "nll_per_frame": [float(n.mean()) for n in nlls]})

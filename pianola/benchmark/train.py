@@ -1,0 +1,214 @@
+"""`pianola benchmark train`: a `roll-lstm` fitted to a benchmark's train split.
+
+Training reads random crops of `window` tokens from the serialised train pieces, each moved by a
+random transposition (augmentation, training only); after every epoch the whole valid split is
+scored with the exact frame likelihood, and training stops when it has not improved for
+`patience` epochs or when the preset's wall-clock budget is spent. The best epoch's weights are
+kept. The run is tracked in MLflow (experiment `pianola-bench-DATASET`) and registered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from pianola.benchmark.bundle import registered_name, save_benchmark_model
+from pianola.benchmark.data import load_rolls
+from pianola.benchmark.likelihood import FrameScore, score, serialise
+from pianola.errors import PianolaError
+from pianola.models.roll import RollLSTMConfig, build_roll_lstm, context_width
+
+
+@dataclass(frozen=True)
+class BenchmarkPreset:
+    """Everything that decides a benchmark training run (logged to MLflow as params)."""
+
+    name: str
+    model: RollLSTMConfig
+    window: int  # tokens per training crop
+    batch_size: int
+    learning_rate: float
+    transpose: int  # each crop moves by a random shift in -transpose..transpose semitones (0: never)
+    max_minutes: float  # the wall-clock budget of training (validation included)
+    patience: int  # epochs without a better valid NLL before stopping
+    min_steps: int  # batches per epoch at least (an epoch is otherwise one pass over the train tokens)
+
+    def params(self) -> dict[str, Any]:
+        flat = {k: v for k, v in dataclasses.asdict(self).items() if k != "model"}
+        flat.update({f"model.{k}": v for k, v in dataclasses.asdict(self.model).items()})
+        return flat
+
+
+PRESETS = {
+    # A smoke test: a tiny model for about a minute.
+    "demo": BenchmarkPreset("demo", RollLSTMConfig(embed_dim=16, units=64, layers=1, dropout=0.1), window=128,
+                            batch_size=16, learning_rate=3e-3, transpose=6, max_minutes=1.0, patience=2, min_steps=20),
+    # Ours: at most 30 minutes of training per dataset on 2 CPU cores.
+    "best": BenchmarkPreset("best", RollLSTMConfig(embed_dim=64, units=384, layers=2, dropout=0.3), window=256,
+                            batch_size=64, learning_rate=2e-3, transpose=6, max_minutes=28.0, patience=4, min_steps=40),
+}
+
+
+def preset(name: str, **overrides: Any) -> BenchmarkPreset:
+    if name not in PRESETS:
+        raise PianolaError(f"unknown benchmark preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+class RollCrops(keras.utils.PyDataset):
+    """Batches of random `window`-token crops of the serialised pieces, transposed at random.
+
+    A crop starts anywhere in a piece (pieces drawn in proportion to their length), so every
+    token is as likely to be trained on; a piece shorter than the window is padded, with zero
+    weight on the padding. A shift is drawn among those that keep the piece on the keyboard.
+    """
+
+    def __init__(self, pieces: list[np.ndarray], window: int, batch_size: int, steps: int, transpose: int, seed: int):
+        super().__init__()
+        self.rolls = [np.asarray(p, dtype=bool) for p in pieces]
+        self.serial = [serialise(p) for p in self.rolls]
+        self.keys = self.rolls[0].shape[1]
+        self.window, self.batch_size, self.steps, self.transpose = window, batch_size, steps, transpose
+        lengths = np.array([len(s.targets) for s in self.serial], dtype=np.float64)
+        self.weights = lengths / lengths.sum()
+        sounding = [np.flatnonzero(r.any(axis=0)) for r in self.rolls]
+        self.ranges = [(int(s[0]), int(s[-1])) if len(s) else (0, self.keys - 1) for s in sounding]
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int):
+        b, t, keys = self.batch_size, self.window, self.keys
+        tokens = np.full((b, t), keys, dtype=np.int32)
+        context = np.zeros((b, t, context_width(keys)), dtype=np.float32)
+        targets = np.zeros((b, t), dtype=np.int32)
+        weight = np.zeros((b, t), dtype=np.float32)
+        for row, piece in enumerate(self.rng.choice(len(self.serial), size=b, p=self.weights)):
+            s, roll = self.serial[piece], self.rolls[piece]
+            start = int(self.rng.integers(0, max(1, len(s.targets) - t + 1)))
+            crop = slice(start, start + t)
+            n = len(s.targets[crop])
+            low, high = self.ranges[piece]
+            shift = int(self.rng.integers(max(-self.transpose, -low), min(self.transpose, keys - 1 - high) + 1))
+            x, y = s.inputs[crop].copy(), s.targets[crop].copy()
+            x[x < keys] += shift
+            y[y < keys] += shift
+            tokens[row, :n], targets[row, :n], weight[row, :n] = x, y, 1.0
+            ctx = s.context(roll, crop)
+            if shift:  # move the previous frame's keys; the grid position stays
+                ctx[:, :keys] = np.roll(ctx[:, :keys], shift, axis=1)
+            context[row, :n] = ctx
+        return (tokens, context), targets, weight
+
+
+class ValidScore(keras.callbacks.Callback):
+    """After each epoch: the exact NLL per frame of the whole valid split; keeps the best weights, stops
+    after `patience` epochs without a better one or past the time budget."""
+
+    def __init__(self, pieces: list[np.ndarray], patience: int, deadline: float, history: list[dict], log=None):
+        super().__init__()
+        self.pieces, self.patience, self.deadline, self.history, self.log = pieces, patience, deadline, history, log
+        self.best: FrameScore | None = None
+        self.best_weights = None
+        self.waited = 0
+        self.start = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if time.monotonic() > self.deadline:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        result = score(self.model, self.pieces, "valid")
+        row = {"epoch": epoch, "loss": float((logs or {}).get("loss", float("nan"))),
+               "valid_nll_per_frame": result.nll_per_frame, "seconds": round(time.monotonic() - self.start, 1)}
+        self.history.append(row)
+        if self.log:
+            self.log(row)
+        if self.best is None or result.nll_per_frame < self.best.nll_per_frame:
+            self.best, self.best_weights, self.waited = result, self.model.get_weights(), 0
+        else:
+            self.waited += 1
+            if self.waited >= self.patience:
+                self.model.stop_training = True
+        if time.monotonic() > self.deadline:
+            self.model.stop_training = True
+
+
+@dataclass
+class BenchmarkResult:
+    dataset: str
+    out: Path
+    valid: FrameScore
+    history: list[dict]
+    minutes: float
+    run_id: str | None
+    version: str | None
+
+    def summary(self) -> str:
+        line = (f"{self.dataset}: valid NLL {self.valid.nll_per_frame:.4f} nats/frame "
+                f"({self.valid.nll_per_frame_first_excluded:.4f} first frame excluded) after {len(self.history)} epoch(s), "
+                f"{self.minutes:.1f} min; model {self.out}")
+        return line + (f"; registered {registered_name(self.dataset)} version {self.version}" if self.version else "")
+
+
+def train_benchmark(data: str | Path, out: str | Path, preset_name: str = "best", *, seed: int = 0,
+                    track: bool = True, verbose: int = 0, **overrides: Any) -> BenchmarkResult:
+    """Train on `data`'s train split, early-stopped on its valid split; save (and register) the best model."""
+    config = preset(preset_name, **overrides)
+    dataset = load_rolls(data)
+    train_pieces, valid_pieces = dataset.split("train"), dataset.split("valid")
+    keys = train_pieces[0].shape[1]
+    keras.utils.set_random_seed(seed)
+    model = build_roll_lstm(dataclasses.replace(config.model, keys=keys))
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=1.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    train_tokens = sum(int(p.sum()) + len(p) for p in train_pieces)
+    steps = max(config.min_steps, train_tokens // (config.batch_size * config.window))
+    crops = RollCrops(train_pieces, config.window, config.batch_size, steps, config.transpose, seed)
+    start = time.monotonic()
+    history: list[dict] = []
+
+    def run(log) -> ValidScore:
+        scorer = ValidScore(valid_pieces, config.patience, start + config.max_minutes * 60, history, log)
+        model.fit(crops, epochs=10_000, callbacks=[scorer], verbose=verbose)
+        model.set_weights(scorer.best_weights)
+        return scorer
+
+    facts = {"dataset": dataset.name, "data": str(data), "preset": config.params(), "seed": seed,
+             "augmentation": f"random transposition by -{config.transpose}..{config.transpose} semitones (training only)"
+             if config.transpose else "none", "train_pieces": len(train_pieces), "train_frames": int(sum(map(len, train_pieces))),
+             "parameters": model.count_params()}
+    run_id = version = None
+    if track:
+        import mlflow
+
+        from pianola import tracking
+        from pianola.benchmark.bundle import RollScorer
+
+        tracking.setup(registered_name(dataset.name))
+        with mlflow.start_run(run_name=f"roll-lstm-{config.name}") as active:
+            mlflow.log_params({**config.params(), "dataset": dataset.name, "seed": seed, "augmentation": facts["augmentation"],
+                               "train_pieces": facts["train_pieces"], "parameters": facts["parameters"]})
+            mlflow.set_tags(tracking.environment())
+            scorer = run(lambda row: mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]))
+            minutes = (time.monotonic() - start) / 60
+            mlflow.log_metrics({"valid_nll_per_frame": scorer.best.nll_per_frame,
+                                "valid_nll_per_frame_first_excluded": scorer.best.nll_per_frame_first_excluded,
+                                "train_minutes": minutes})
+            save_benchmark_model(model, {**facts, "valid": scorer.best.to_json(), "history": history,
+                                         "train_minutes": round(minutes, 2), "run_id": active.info.run_id}, out)
+            version = tracking.log_and_register_bundle(Path(out), RollScorer(), registered_name(dataset.name), artifact="model")
+            run_id = active.info.run_id
+    else:
+        scorer = run(None)
+        minutes = (time.monotonic() - start) / 60
+        save_benchmark_model(model, {**facts, "valid": scorer.best.to_json(), "history": history,
+                                     "train_minutes": round(minutes, 2)}, out)
+    return BenchmarkResult(dataset.name, Path(out), scorer.best, history, minutes, run_id, version)
