@@ -48,13 +48,15 @@ def tokenize(
     in_dir: Annotated[Path, typer.Option("--in", help="Folder of MIDI files")] = Path("data/raw"),
     out: Annotated[Path, typer.Option(help="Folder for tokens.jsonl, vocab.json, stats.json and plots")] = Path("data/tokens"),
     steps_per_quarter: Annotated[int, typer.Option(help="Grid of the timed and remi tokenizers")] = 12,
+    frames_per_quarter: Annotated[int, typer.Option(help="Grid of the roll tokenizer (2: eighth notes)")] = 2,
     plots: Annotated[bool, typer.Option(help="Draw the corpus plots")] = True,
 ) -> None:
     """Turn every MIDI file of IN into a token sequence."""
     from pianola.corpus import tokenize_corpus
     from pianola.tokenizers import get_tokenizer
 
-    config = {"steps_per_quarter": steps_per_quarter} if tokenizer in ("timed", "remi") else {}
+    config = ({"steps_per_quarter": steps_per_quarter} if tokenizer in ("timed", "remi")
+              else {"frames_per_quarter": frames_per_quarter} if tokenizer == "roll" else {})
     try:
         chosen = get_tokenizer(tokenizer, **config)
     except ValueError as e:

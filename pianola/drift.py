@@ -38,9 +38,10 @@ from scipy.stats import wasserstein_distance
 from pianola.corpus import MIDI_SUFFIXES, TOKENS_FILE, midi_files, read_pieces
 from pianola.errors import PianolaError
 from pianola.io import atomic_write_bytes, atomic_write_json
-from pianola.music_metrics import TIME_DECIMALS, load_notes
+from pianola.music_metrics import TIME_DECIMALS, load_notes, score_notes
 from pianola.params import section
 from pianola.tokenizers.paper import NOTE_TOKENS
+from pianola.tokenizers import tokenizer_from_config
 from pianola.tokenizers.timed import TimedTokenizer
 
 INPUT_FORMS = "a folder of MIDI files, a MIDI file, a tokens.jsonl file or a folder holding one"
@@ -104,7 +105,7 @@ class PieceSet:
     """Feature values pooled over a set of pieces; a feature its source cannot give is in `missing`."""
 
     path: str
-    kind: str  # midi | paper tokens | timed tokens
+    kind: str  # midi | paper tokens | TOKENIZER tokens (timed, remi, roll)
     pieces: int
     values: dict[str, np.ndarray]  # feature -> (n,) values
     missing: dict[str, str] = field(default_factory=dict)  # feature -> why it cannot be measured
@@ -124,28 +125,6 @@ def note_features(notes: np.ndarray) -> dict[str, np.ndarray]:
     """Pitch, duration and inter-onset intervals of one piece's (N, 3) (onset, duration, pitch) notes."""
     onsets = np.unique(np.round(notes[:, 0], TIME_DECIMALS))  # a chord is one onset
     return {"pitch": notes[:, 2], "duration": notes[:, 1], "ioi": np.diff(onsets)}
-
-
-def timed_notes(tokens: list[str], steps_per_quarter: int) -> np.ndarray:
-    """(N, 3) (onset, duration, pitch) in quarters of a `timed` token sequence; stray tokens are ignored."""
-    notes = []
-    now, pending = 0, None
-    for token in tokens:
-        kind, _, value = token.partition(":")
-        if not value.isdigit():
-            continue
-        if kind == "shift":
-            now += int(value)
-        elif kind == "note":
-            pending = int(value)
-        elif kind == "dur" and pending is not None:
-            notes.append((now, int(value), pending))
-            pending = None
-    if not notes:
-        return np.zeros((0, 3))
-    array = np.array(notes, dtype=np.float64)
-    array[:, :2] /= steps_per_quarter
-    return array
 
 
 def _pool(per_piece: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -176,12 +155,13 @@ def read_token_set(path: Path) -> PieceSet:
     file = path / TOKENS_FILE if path.is_dir() else path
     stats_path = file.parent / "stats.json"
     config = json.loads(stats_path.read_text()).get("tokenizer", {}) if stats_path.exists() else {}
-    # Without stats.json the tokens tell: only `timed` writes `note:P`.
-    timed = config.get("name") == "timed" or any(t.startswith("note:") for p in pieces[:1] for t in p.tokens)
-    if timed:
-        steps = int(config.get("steps_per_quarter") or TimedTokenizer().steps_per_quarter)
-        per_piece = [note_features(notes) for p in pieces if len(notes := timed_notes(p.tokens, steps))]
-        return PieceSet(str(path), "timed tokens", len(per_piece), _pool(per_piece))
+    # Without stats.json the tokens tell: the paper's tokenizer never writes `note:P`.
+    if not config and any(t.startswith("note:") for p in pieces[:1] for t in p.tokens):
+        config = TimedTokenizer().config()
+    if config and config.get("name") != "paper":
+        tokenizer = tokenizer_from_config(config)
+        per_piece = [note_features(notes) for p in pieces if len(notes := score_notes(tokenizer.decode(p.tokens)))]
+        return PieceSet(str(path), f"{tokenizer.name} tokens", len(per_piece), _pool(per_piece))
     pitches, skipped = [], []
     for piece in pieces:
         found = [PAPER_NOTE_PITCH[t] for t in piece.tokens if t in PAPER_NOTE_PITCH]
