@@ -51,7 +51,7 @@ def table(results: dict) -> str:
         if any(cells):
             rows.append(f"| pianola roll-lstm (`best`) | {split} | " + " | ".join(cells) + " |")
     minutes = [f"{results[d]['train_minutes']:.0f}" if d in results else "" for d in ORDER]
-    rows.append("| ... its training, CPU minutes (2 cores) | | " + " | ".join(minutes) + " |")
+    rows.append("| ... its training, wall-clock minutes on 2 CPU cores | | " + " | ".join(minutes) + " |")
     for model, source, figures in PUBLISHED:
         cells = [f"{figures[d]:.2f}" if d in figures else "" for d in ORDER]
         rows.append(f"| {model} ({source}) | test | " + " | ".join(cells) + " |")

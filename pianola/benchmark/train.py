@@ -175,18 +175,25 @@ def train_benchmark(data: str | Path, out: str | Path, preset_name: str = "best"
     start = time.monotonic()
     history: list[dict] = []
 
-    def run(log) -> ValidScore:
-        scorer = ValidScore(valid_pieces, config.patience, start + config.max_minutes * 60, history, log)
-        model.fit(crops, epochs=10_000, callbacks=[scorer], verbose=verbose)
-        model.set_weights(scorer.best_weights)
-        return scorer
-
     facts = {"dataset": dataset.name, "data": str(data), "preset": config.params(), "seed": seed,
              "augmentation": f"random transposition by -{config.transpose}..{config.transpose} semitones (training only)"
              if config.transpose else "none", "train_pieces": len(train_pieces), "train_frames": int(sum(map(len, train_pieces))),
              "parameters": model.count_params()}
+
+    def fit_and_save(log=None, run_id: str | None = None) -> tuple[ValidScore, float]:
+        """Train to the stopping point, keep the best epoch's weights, write the model folder."""
+        scorer = ValidScore(valid_pieces, config.patience, start + config.max_minutes * 60, history, log)
+        model.fit(crops, epochs=10_000, callbacks=[scorer], verbose=verbose)
+        model.set_weights(scorer.best_weights)
+        minutes = (time.monotonic() - start) / 60
+        save_benchmark_model(model, {**facts, "valid": scorer.best.to_json(), "history": history,
+                                     "train_minutes": round(minutes, 2), "run_id": run_id}, out)
+        return scorer, minutes
+
     run_id = version = None
-    if track:
+    if not track:
+        scorer, minutes = fit_and_save()
+    else:
         import mlflow
 
         from pianola import tracking
@@ -194,21 +201,14 @@ def train_benchmark(data: str | Path, out: str | Path, preset_name: str = "best"
 
         tracking.setup(registered_name(dataset.name))
         with mlflow.start_run(run_name=f"roll-lstm-{config.name}") as active:
+            run_id = active.info.run_id
             mlflow.log_params({**config.params(), "dataset": dataset.name, "seed": seed, "augmentation": facts["augmentation"],
                                "train_pieces": facts["train_pieces"], "parameters": facts["parameters"]})
             mlflow.set_tags(tracking.environment())
-            scorer = run(lambda row: mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]))
-            minutes = (time.monotonic() - start) / 60
-            mlflow.log_metrics({"valid_nll_per_frame": scorer.best.nll_per_frame,
-                                "valid_nll_per_frame_first_excluded": scorer.best.nll_per_frame_first_excluded,
+            scorer, minutes = fit_and_save(
+                lambda row: mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]), run_id)
+            mlflow.log_metrics({"best_valid_nll_per_frame": scorer.best.nll_per_frame,
+                                "best_valid_nll_per_frame_first_excluded": scorer.best.nll_per_frame_first_excluded,
                                 "train_minutes": minutes})
-            save_benchmark_model(model, {**facts, "valid": scorer.best.to_json(), "history": history,
-                                         "train_minutes": round(minutes, 2), "run_id": active.info.run_id}, out)
             version = tracking.log_and_register_bundle(Path(out), RollScorer(), registered_name(dataset.name), artifact="model")
-            run_id = active.info.run_id
-    else:
-        scorer = run(None)
-        minutes = (time.monotonic() - start) / 60
-        save_benchmark_model(model, {**facts, "valid": scorer.best.to_json(), "history": history,
-                                     "train_minutes": round(minutes, 2)}, out)
     return BenchmarkResult(dataset.name, Path(out), scorer.best, history, minutes, run_id, version)
