@@ -8,6 +8,7 @@ import pytest
 import symusic
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "piano-midi"
+POLY = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "poly"
 
 
 def make_midi(
@@ -42,6 +43,14 @@ def corpus_dir() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"shared piano corpus not found at {CORPUS}")
     return CORPUS
+
+
+@pytest.fixture
+def poly_dir() -> Path:
+    """The polyphonic benchmark's .mat files in ../shared (skips where they are absent, e.g. on a user's machine)."""
+    if not POLY.is_dir():
+        pytest.skip(f"shared benchmark data not found at {POLY}")
+    return POLY
 
 
 def motif_notes(key: int, bars: int = 24) -> list[tuple[int, int, int]]:

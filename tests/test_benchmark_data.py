@@ -12,15 +12,6 @@ import scipy.io
 from pianola.benchmark.data import KEYS, LOWEST_PITCH, load_rolls
 from pianola.errors import PianolaError
 
-POLY = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "poly"
-
-
-@pytest.fixture
-def poly_dir() -> Path:
-    """The benchmark's .mat files in ../shared (skips where they are absent, e.g. on a user's machine)."""
-    if not POLY.is_dir():
-        pytest.skip(f"shared benchmark data not found at {POLY}")
-    return POLY
 
 
 def cells(*pieces: np.ndarray) -> np.ndarray:

@@ -20,8 +20,6 @@ from pianola.tokenizers.roll import (
     tokens_to_roll,
 )
 
-POLY = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "poly"
-
 
 def roll_of(frames: list[list[int]]) -> np.ndarray:
     """A (frames, 88) bool roll from frames of MIDI pitches."""
@@ -67,10 +65,8 @@ def test_hand_made_roll_round_trips_through_midi(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("file, frames_per_quarter", [("JSB_Chorales.mat", 1), ("Piano_midi.mat", 2)])
-def test_real_pieces_round_trip_through_midi(tmp_path: Path, file: str, frames_per_quarter: int) -> None:
-    if not (POLY / file).is_file():
-        pytest.skip(f"shared benchmark data not found at {POLY}")
-    pieces = load_rolls(POLY / file).split("valid")
+def test_real_pieces_round_trip_through_midi(tmp_path: Path, poly_dir: Path, file: str, frames_per_quarter: int) -> None:
+    pieces = load_rolls(poly_dir / file).split("valid")
     for i in (0, 5, len(pieces) - 1):
         roll = pieces[i]
         assert np.array_equal(through_midi(roll, frames_per_quarter, tmp_path / f"{i}.mid"), roll), f"piece {i}"
