@@ -46,10 +46,11 @@ def table(results: dict) -> str:
     """README's table: our valid (and test) figures, then the published test figures."""
     head = "| model | split | " + " | ".join(ORDER) + " |\n|---|---|" + "---|" * len(ORDER) + "\n"
     rows = []
+    presets = ", ".join(f"`{p}`" for p in sorted({entry["preset"] for entry in results.values()}))
     for split in ("valid", "test"):
         cells = [f"{results[d][split]['nll_per_frame']:.2f}" if d in results and split in results[d] else "" for d in ORDER]
         if any(cells):
-            rows.append(f"| pianola roll-lstm (`best`) | {split} | " + " | ".join(cells) + " |")
+            rows.append(f"| pianola roll-lstm ({presets}) | {split} | " + " | ".join(cells) + " |")
     minutes = [f"{results[d]['train_minutes']:.0f}" if d in results else "" for d in ORDER]
     rows.append("| ... its training, wall-clock minutes on 2 CPU cores | | " + " | ".join(minutes) + " |")
     for model, source, figures in PUBLISHED:
@@ -78,7 +79,7 @@ def main() -> None:
         trained = train_benchmark(data, args.out / name, args.preset, max_minutes=minutes, verbose=0)
         entry = {"preset": args.preset, "budget_minutes": minutes, "train_minutes": round(trained.minutes, 1),
                  "cpu_minutes": round((time.process_time() - started_cpu) / 60, 1), "epochs": len(trained.history),
-                 "model": str(trained.out), "valid": evaluate_benchmark(str(trained.out), str(data), "valid")}
+                 "model": str(trained.out), "valid": {"dataset": name, **trained.valid.to_json()}}
         try:
             entry["test"] = evaluate_benchmark(str(trained.out), str(data), "test")
         except PianolaError as e:  # the shared files hold no test split: it is scored independently

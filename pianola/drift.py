@@ -40,8 +40,8 @@ from pianola.errors import PianolaError
 from pianola.io import atomic_write_bytes, atomic_write_json
 from pianola.music_metrics import TIME_DECIMALS, load_notes, score_notes
 from pianola.params import section
-from pianola.tokenizers.paper import NOTE_TOKENS
 from pianola.tokenizers import tokenizer_from_config
+from pianola.tokenizers.paper import NOTE_TOKENS
 from pianola.tokenizers.timed import TimedTokenizer
 
 INPUT_FORMS = "a folder of MIDI files, a MIDI file, a tokens.jsonl file or a folder holding one"

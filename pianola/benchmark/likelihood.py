@@ -12,6 +12,7 @@ convention (Bai et al. 2018) leaves each piece's first frame out.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -63,13 +64,24 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
 
 
+_TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _twin(model):
+    """The stateful twin of `model`, built once per model: validation after every epoch reuses it
+    (and its compiled predict function) instead of rebuilding and retracing."""
+    if model not in _TWINS:
+        _TWINS[model] = stateful_twin(model)
+    return _TWINS[model]
+
+
 def frame_nlls(model, pieces: list[np.ndarray], *, batch_size: int = 16, chunk: int = 512) -> list[np.ndarray]:
     """Per piece, the NLL in nats of each of its frames, (frames,) float64, under `model`.
 
     Pieces are sorted by length and scored `batch_size` at a time, `chunk` tokens per call, with
     the LSTM states carried from chunk to chunk; the padding after a piece's end is never read.
     """
-    twin = stateful_twin(model)
+    twin = _twin(model)
     keys = model.get_layer("grammar").keys
     state_sizes = [int(s.shape[-1]) for s in twin.inputs[2:]]
     serial = [serialise(roll) for roll in pieces]

@@ -23,6 +23,7 @@ from pianola.benchmark.data import load_rolls
 from pianola.benchmark.likelihood import FrameScore, score, serialise
 from pianola.errors import PianolaError
 from pianola.models.roll import RollLSTMConfig, build_roll_lstm, context_width
+from pianola.train import TimeBudget
 
 
 @dataclass(frozen=True)
@@ -108,26 +109,23 @@ class RollCrops(keras.utils.PyDataset):
         return (tokens, context), targets, weight
 
 
-class ValidScore(keras.callbacks.Callback):
+class ValidScore(TimeBudget):
     """After each epoch: the exact NLL per frame of the whole valid split; keeps the best weights, stops
-    after `patience` epochs without a better one or past the time budget."""
+    after `patience` epochs without a better one, or past the time budget (at a batch, as TimeBudget,
+    or at an epoch's end, so that no further validation is spent)."""
 
-    def __init__(self, pieces: list[np.ndarray], patience: int, deadline: float, history: list[dict], log=None):
-        super().__init__()
-        self.pieces, self.patience, self.deadline, self.history, self.log = pieces, patience, deadline, history, log
+    def __init__(self, pieces: list[np.ndarray], patience: int, minutes: float, history: list[dict], log=None):
+        super().__init__(minutes)
+        self.pieces, self.patience, self.history, self.log = pieces, patience, history, log
         self.best: FrameScore | None = None
         self.best_weights = None
         self.waited = 0
-        self.start = time.monotonic()
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if time.monotonic() > self.deadline:
-            self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         result = score(self.model, self.pieces, "valid")
+        elapsed = time.monotonic() - self.start
         row = {"epoch": epoch, "loss": float((logs or {}).get("loss", float("nan"))),
-               "valid_nll_per_frame": result.nll_per_frame, "seconds": round(time.monotonic() - self.start, 1)}
+               "valid_nll_per_frame": result.nll_per_frame, "seconds": round(elapsed, 1)}
         self.history.append(row)
         if self.log:
             self.log(row)
@@ -137,7 +135,7 @@ class ValidScore(keras.callbacks.Callback):
             self.waited += 1
             if self.waited >= self.patience:
                 self.model.stop_training = True
-        if time.monotonic() > self.deadline:
+        if elapsed > self.seconds:
             self.model.stop_training = True
 
 
@@ -182,7 +180,7 @@ def train_benchmark(data: str | Path, out: str | Path, preset_name: str = "best"
 
     def fit_and_save(log=None, run_id: str | None = None) -> tuple[ValidScore, float]:
         """Train to the stopping point, keep the best epoch's weights, write the model folder."""
-        scorer = ValidScore(valid_pieces, config.patience, start + config.max_minutes * 60, history, log)
+        scorer = ValidScore(valid_pieces, config.patience, config.max_minutes, history, log)
         model.fit(crops, epochs=10_000, callbacks=[scorer], verbose=verbose)
         model.set_weights(scorer.best_weights)
         minutes = (time.monotonic() - start) / 60
