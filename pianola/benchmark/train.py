@@ -7,7 +7,8 @@ scored with the exact frame likelihood, and training stops when it has not impro
 kept. Under a fixed budget two things buy the most likelihood per CPU minute: bfloat16 mixed
 precision (about twice the tokens per second on CPUs with bfloat16 units; scoring and the saved
 model stay float32) and a learning rate that decays linearly with the time spent, to a small
-fraction at the budget's end (Li, Yumer, Ramanan 2020, "Budgeted training"). The run is tracked in MLflow (experiment `pianola-bench-DATASET`) and registered.
+fraction at the budget's end (Li, Yumer, Ramanan 2020, "Budgeted training"). The run is tracked
+in MLflow (experiment `pianola-bench-DATASET`) and registered.
 """
 
 from __future__ import annotations
@@ -115,12 +116,13 @@ class RollCrops(keras.utils.PyDataset):
         return (tokens, context), targets, weight
 
 
-class BudgetDecay(TimeBudget):
+class BudgetDecay(keras.callbacks.Callback):
     """The learning rate falls linearly with wall-clock time, from `base` to `base * final` at the budget's end."""
 
     def __init__(self, base: float, final: float, minutes: float):
-        super().__init__(None)
+        super().__init__()
         self.base, self.final, self.budget = base, final, minutes * 60
+        self.start = time.monotonic()
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         spent = min(1.0, (time.monotonic() - self.start) / self.budget)
