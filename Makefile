@@ -17,13 +17,14 @@ test-all: $(STAMP)  ## every test, the full-corpus checks included
 
 setup: $(STAMP)
 
-# FluidSynth and a General MIDI SoundFont from Debian, for WAV rendering (nothing downloaded at run time).
+# FluidSynth and a General MIDI SoundFont from Debian, for WAV rendering, and Debian's chromium for the
+# page test (nothing downloaded at run time).
 SYSTEM_STAMP := $(VENV)/.system
 $(SYSTEM_STAMP):
 	@mkdir -p $(VENV)
-	if ! command -v fluidsynth >/dev/null || [ ! -e /usr/share/sounds/sf2/FluidR3_GM.sf2 ]; then \
+	if ! command -v fluidsynth >/dev/null || [ ! -e /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || ! command -v chromium >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends fluidsynth fluid-soundfont-gm; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends fluidsynth fluid-soundfont-gm chromium; \
 	fi
 	touch $(SYSTEM_STAMP)
 

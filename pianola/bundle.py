@@ -6,11 +6,14 @@ fingerprint is written into bundle.json and checked, with the model's output siz
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pianola.errors import PianolaError
 from pianola.io import atomic_folder, atomic_write_json
@@ -21,6 +24,8 @@ from pianola.vocab import Vocabulary
 BUNDLE_FILE = "bundle.json"
 MODEL_FILE = "model.keras"
 VOCAB_FILE = "vocab.json"
+PRIMERS_FILE = "primers.npy"
+PRIMERS = 64  # training windows a bundle keeps, to prime generation where no corpus is at hand (a service)
 
 
 @dataclass
@@ -34,6 +39,7 @@ class Bundle:
     model_name: str
     input_kind: str
     info: dict[str, Any] = field(default_factory=dict)  # training facts: validation pieces, metrics, run id
+    primers: np.ndarray | None = None  # (PRIMERS, window) int32: windows of the training pieces
     _step: Any = field(default=None, init=False, repr=False)
 
     def step_model(self) -> Any:
@@ -44,7 +50,7 @@ class Bundle:
             self._step = step_model(self.model)
         return self._step
 
-    @property
+    @functools.cached_property
     def tokenizer(self) -> Tokenizer:
         return tokenizer_from_config(self.tokenizer_config)
 
@@ -54,6 +60,8 @@ class Bundle:
         with atomic_folder(folder) as staging:
             self.model.save(staging / MODEL_FILE)
             self.vocab.save(staging / VOCAB_FILE)
+            if self.primers is not None:
+                np.save(staging / PRIMERS_FILE, np.asarray(self.primers, dtype=np.int32))
             atomic_write_json(
                 staging / BUNDLE_FILE,
                 {
@@ -67,6 +75,16 @@ class Bundle:
                 },
             )
         return folder
+
+
+def training_primers(split, window: int, seed: int, count: int = PRIMERS) -> np.ndarray:
+    """(count, window) windows drawn from a split's pieces (an EncodedSplit), for Bundle.primers; fewer when the
+    split has fewer windows, none when no piece is longer than `window`."""
+    starts = split.window_starts(window - 1)
+    if not len(starts):
+        return np.zeros((0, window), dtype=np.int32)
+    picked = np.random.default_rng(seed).choice(starts, size=min(count, len(starts)), replace=False)
+    return split.windows(np.sort(picked), window - 1).astype(np.int32)
 
 
 def read_bundle_meta(folder: Path) -> dict[str, Any]:
@@ -97,6 +115,15 @@ def load_bundle(ref: str | os.PathLike) -> Bundle:
         model = keras.saving.load_model(folder / MODEL_FILE)
     except (OSError, ValueError) as e:
         raise PianolaError(f"{folder / MODEL_FILE}: cannot load the model ({e})") from e
+    primers = None
+    if (folder / PRIMERS_FILE).exists():
+        try:
+            primers = np.load(folder / PRIMERS_FILE)
+        except (OSError, ValueError) as e:
+            raise PianolaError(f"{folder / PRIMERS_FILE}: damaged ({e})") from e
+        if primers.ndim != 2 or primers.shape[1] != int(meta["window"]) or primers.size and (
+                primers.min() < 0 or primers.max() >= len(vocab)):
+            raise PianolaError(f"{folder / PRIMERS_FILE}: not windows of {meta['window']} ids of the bundle's vocabulary")
     outputs = model.outputs[0].shape[-1]
     if outputs != len(vocab):
         raise PianolaError(f"{folder}: the model predicts {outputs} tokens but the vocabulary has {len(vocab)}")
@@ -108,6 +135,7 @@ def load_bundle(ref: str | os.PathLike) -> Bundle:
         model_name=meta["model_name"],
         input_kind=model_spec(meta["model_name"]).input_kind,
         info=meta.get("info", {}),
+        primers=primers,
     )
 
 

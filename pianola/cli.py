@@ -203,6 +203,27 @@ def generate(
 
 
 @app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="An MLflow URI (an alias is followed as it moves) or a bundle folder")] = CHAMPION_URI,
+    host: Annotated[str, typer.Option(help="Address to bind (keep 127.0.0.1 behind a reverse proxy: docs/serving.md)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8000,
+    store: Annotated[Path, typer.Option(help="Folder for the served pieces, the uploaded primers and the inference log")] = Path("outputs/served"),
+    log: Annotated[Path | None, typer.Option(help="The inference log (default: STORE/inference.jsonl)")] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between checks of the model alias")] = 10.0,
+    max_n: Annotated[int, typer.Option(help="Most pieces per request")] = 8,
+    max_length: Annotated[int, typer.Option(help="Most tokens per piece")] = 2000,
+    max_primer_bytes: Annotated[int, typer.Option(help="Largest primer MIDI file accepted")] = 1_000_000,
+    timeout: Annotated[float, typer.Option(help="Most seconds of generation per request (then 503)")] = 60.0,
+) -> None:
+    """Serve the model over HTTP: a JSON API (/docs), a page to listen on (/), and an inference log for `monitor`."""
+    from pianola.serving.app import serve as run_service
+    from pianola.serving.composer import Limits
+
+    limits = Limits(max_n=max_n, max_length=max_length, max_primer_bytes=max_primer_bytes, timeout_s=timeout)
+    run_service(model, host, port, store, log, limits, poll)
+
+
+@app.command()
 def musicality(
     generated: Annotated[Path, typer.Argument(help="Folder of generated MIDI files")],
     reference: Annotated[Path, typer.Option(help="Folder of held-out human pieces to compare with")],
@@ -251,15 +272,17 @@ def drift(
     feature: Annotated[list[str] | None, typer.Option("--feature", help="pitch, duration or ioi; repeat for several (default: monitor.features)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the JSON report here (default: monitor.out)")] = None,
+    served: Annotated[str | None, typer.Option(help="A `pianola serve` store folder: input and prediction drift of what it served, instead of CURRENT")] = None,
 ) -> None:
-    """Wasserstein drift of CURRENT from REFERENCE on pitch, duration and inter-onset interval."""
+    """Wasserstein drift of CURRENT (or of what a service served) from REFERENCE on pitch, duration and inter-onset interval."""
     import json
 
-    from pianola.drift import check_drift, monitor_settings
+    from pianola.drift import monitor_settings
+    from pianola.serving.monitor import check
 
     settings = monitor_settings(reference=reference, current=current, threshold=threshold, features=feature,
-                                out=str(out) if out else None)
-    report = check_drift(settings)
+                                out=str(out) if out else None, served=served)
+    report = check(settings)
     typer.echo(json.dumps(report.to_json()) if as_json else report.summary())
 
 

@@ -79,6 +79,7 @@ class MonitorSettings:
     threshold: float = 0.5
     features: list[str] = field(default_factory=lambda: list(FEATURES))
     out: str | None = "metrics/drift.json"
+    served: str | None = None  # a `pianola serve` store folder: monitor what it served instead of `current`
 
 
 def monitor_settings(params_path: str | os.PathLike = "params.yaml", **overrides: object) -> MonitorSettings:
@@ -110,6 +111,11 @@ class PieceSet:
     values: dict[str, np.ndarray]  # feature -> (n,) values
     missing: dict[str, str] = field(default_factory=dict)  # feature -> why it cannot be measured
     skipped: list[dict] = field(default_factory=list)  # {"piece", "reason"}: unreadable files, chords
+
+    @classmethod
+    def of_pieces(cls, path: str, kind: str, per_piece: list[dict[str, np.ndarray]]) -> PieceSet:
+        """The set of pieces whose features are already known (the inference log's records)."""
+        return cls(path, kind, len(per_piece), _pool(per_piece))
 
     def describe(self) -> dict:
         return {
@@ -225,6 +231,13 @@ def feature_drift(name: str, reference: np.ndarray, current: np.ndarray) -> Feat
                         float(np.mean(current)), FEATURES[name].unit)
 
 
+DRIFT_KINDS = {
+    "corpus": "new pieces against the training corpus",
+    "input": "the primers sent to the service against the training corpus",
+    "prediction": "the pieces the service generated against those the same model version generates from training primers",
+}
+
+
 @dataclass
 class DriftReport:
     reference: PieceSet
@@ -232,6 +245,7 @@ class DriftReport:
     features: dict[str, FeatureDrift]
     not_measured: dict[str, str]  # feature -> why
     threshold: float
+    kind: str = "corpus"  # a key of DRIFT_KINDS: what was compared with what
 
     @property
     def score(self) -> float:
@@ -242,17 +256,30 @@ class DriftReport:
         return self.score > self.threshold
 
     @property
-    def reason(self) -> str:
-        """Why it fired, or why not, in one sentence."""
+    def moved(self) -> list[str]:
+        """The features that moved past the threshold, most first."""
         ranked = sorted(self.features.values(), key=lambda f: -f.normalised)
-        over = [f for f in ranked if f.normalised > self.threshold]
-        if over:
-            return "; ".join(f"{f.movement()} (threshold {self.threshold:g}): {f.means()}" for f in over)
-        return f"no feature moved more than the threshold {self.threshold:g}: the largest move, {ranked[0].movement()}"
+        return [f.feature for f in ranked if f.normalised > self.threshold]
+
+    @property
+    def reason(self) -> str:
+        """Why it fired, or why not, in one sentence (naming the kind of drift, where it is not the corpus's)."""
+        if self.moved:
+            why = "; ".join(f"{f.movement()} (threshold {self.threshold:g}): {f.means()}"
+                            for f in (self.features[m] for m in self.moved))
+        else:
+            largest = max(self.features.values(), key=lambda f: f.normalised)
+            why = f"no feature moved more than the threshold {self.threshold:g}: the largest move, {largest.movement()}"
+        if self.kind == "corpus":
+            return why
+        return f"{self.kind} drift: {why}" if self.moved else f"no {self.kind} drift, {why}"
 
     def to_json(self) -> dict:
         return {
+            "kind": self.kind,
+            "compared": DRIFT_KINDS[self.kind],
             "drifted": self.drifted,
+            "moved": self.moved,
             "score": round(self.score, 6),
             "aggregate": AGGREGATE,
             "threshold": self.threshold,
@@ -266,6 +293,10 @@ class DriftReport:
             "reference": self.reference.describe(),
             "current": self.current.describe(),
         }
+
+    def event_payload(self) -> dict:
+        """What the drift event carries: the report, `current.path` the pieces retraining adds."""
+        return self.to_json()
 
     def summary(self) -> str:
         """A verdict line, then one line per feature (for the CLI)."""
@@ -284,6 +315,8 @@ class DriftReport:
         return "\n".join([
             f"**{'Drifted' if self.drifted else 'No drift'}**: {self.reason}.",
             "",
+            f"Compared: {DRIFT_KINDS[self.kind]}.",
+            "",
             f"Score {self.score:.3f} ({AGGREGATE} of the normalised distances), threshold {self.threshold:g}. "
             f"Reference `{self.reference.path}` ({self.reference.kind}, {self.reference.pieces} pieces); "
             f"current `{self.current.path}` ({self.current.kind}, {self.current.pieces} pieces).",
@@ -298,7 +331,13 @@ def measure_drift(
     reference: str | os.PathLike, current: str | os.PathLike, *, threshold: float, features: list[str] | None = None
 ) -> DriftReport:
     """Compare `current` with `reference` on `features` (default: all that both sides can give)."""
-    ref, cur = load_piece_set(reference, "reference"), load_piece_set(current, "current set")
+    return compare(load_piece_set(reference, "reference"), load_piece_set(current, "current set"),
+                   threshold=threshold, features=features)
+
+
+def compare(ref: PieceSet, cur: PieceSet, *, threshold: float, features: list[str] | None = None,
+            kind: str = "corpus") -> DriftReport:
+    """The drift of `cur` from `ref` on `features` (default: all that both sides can give)."""
     measured, not_measured = {}, {}
     for name in features or list(FEATURES):
         why = ref.missing.get(name) or cur.missing.get(name)
@@ -308,11 +347,14 @@ def measure_drift(
             not_measured[name] = why
         else:
             measured[name] = feature_drift(name, ref.values[name], cur.values[name])
-    return DriftReport(ref, cur, measured, not_measured, threshold)
+    if not measured:
+        raise PianolaError(f"{kind} drift: no feature can be measured ({'; '.join(f'{k}: {v}' for k, v in not_measured.items())})")
+    return DriftReport(ref, cur, measured, not_measured, threshold, kind)
 
 
 def check_drift(settings: MonitorSettings) -> DriftReport:
-    """Measure drift as `settings` say and write the report to `settings.out` (when set)."""
+    """Measure drift of `current` as `settings` say and write the report to `settings.out` (when set);
+    `pianola.serving.monitor.check` also covers `settings.served`."""
     report = measure_drift(settings.reference, settings.current, threshold=settings.threshold, features=settings.features)
     if settings.out:
         atomic_write_json(settings.out, report.to_json())

@@ -6,3 +6,11 @@ The CLI prints a PianolaError's message without a traceback and exits non-zero.
 
 class PianolaError(Exception):
     """A failure the user can act on (bad input, missing data, missing tool)."""
+
+
+class BadRequest(PianolaError):
+    """A request the generation service refuses; `status` is its HTTP status (4xx)."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import symusic
 
 from pianola.bundle import Bundle, load_bundle
 from pianola.errors import PianolaError
-from pianola.music_metrics import corpus_reference, load_notes, piece_metrics
+from pianola.music_metrics import CorpusReference, corpus_reference, piece_metrics, score_notes
 from pianola.musicality import MusicalityReport, musicality_report, notes_of_folder
 
 STRATEGIES = ("greedy", "temperature", "top_k", "top_p")
@@ -52,37 +53,68 @@ def sample_next(
     probs: np.ndarray, sampling: Sampling, rng: np.random.Generator, recent: np.ndarray | None = None,
     penalised: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(B,) token ids drawn from (B, V) probabilities; `<unk>` (id 0) is never drawn.
+    """(B,) token ids drawn from (B, V) probabilities, every row with the same `sampling`; see `sample_rows`."""
+    return sample_rows(probs, RowSampling.of([sampling] * len(probs)), rng.random(len(probs)), recent, penalised)
 
-    `recent` (B, R) holds the ids generated last, which the repetition penalty makes less likely;
-    `penalised` (V,) bool limits it to some tokens (all, when None).
+
+@dataclass(frozen=True)
+class RowSampling:
+    """One `Sampling` per row of a batch, as arrays: rows of one batch may ask for different strategies."""
+
+    greedy: np.ndarray  # (B,) bool
+    temperature: np.ndarray  # (B,) float
+    top_k: np.ndarray  # (B,) int, 0 where the row's strategy is not top_k
+    top_p: np.ndarray  # (B,) float, 1.0 where the row's strategy is not top_p
+    penalty: np.ndarray  # (B,) float
+
+    @classmethod
+    def of(cls, samplings: list[Sampling]) -> RowSampling:
+        return cls(
+            np.array([s.strategy == "greedy" for s in samplings], dtype=bool),
+            np.array([s.temperature for s in samplings], dtype=np.float64),
+            np.array([s.top_k if s.strategy == "top_k" else 0 for s in samplings], dtype=np.int64),
+            np.array([s.top_p if s.strategy == "top_p" else 1.0 for s in samplings], dtype=np.float64),
+            np.array([s.repetition_penalty for s in samplings], dtype=np.float64),
+        )
+
+
+def sample_rows(
+    probs: np.ndarray, rows: RowSampling, draws: np.ndarray, recent: np.ndarray | None = None,
+    penalised: np.ndarray | None = None,
+) -> np.ndarray:
+    """(B,) token ids drawn from (B, V) probabilities, row b by its own settings in `rows` and its uniform
+    draw `draws[b]` in [0, 1); `<unk>` (id 0) is never drawn.
+
+    `recent` (B, R) holds the ids each row generated last (-1: none yet), which the repetition penalty makes
+    less likely; `penalised` (V,) bool limits it to some tokens (all, when None).
     """
     p = np.asarray(probs, dtype=np.float64).copy()  # (B, V)
-    if recent is not None and sampling.repetition_penalty != 1.0:
-        rows = np.arange(len(p))
+    batch, vocab = p.shape
+    index = np.arange(batch)
+    if recent is not None and (rows.penalty != 1.0).any():
         for column in range(recent.shape[1]):
-            ids = recent[:, column]
-            penalty = sampling.repetition_penalty
-            p[rows, ids] /= penalty if penalised is None else np.where(penalised[ids], penalty, 1.0)
+            ids = recent[:, column]  # (B,)
+            valid = ids >= 0
+            ids = np.where(valid, ids, 0)
+            hit = valid if penalised is None else valid & penalised[ids]
+            p[index, ids] /= np.where(hit, rows.penalty, 1.0)
     p[:, 0] = 0.0
-    if sampling.strategy == "greedy":
-        return p.argmax(axis=1)
-    if sampling.temperature != 1.0:
-        p = np.power(np.maximum(p, 1e-300), 1.0 / sampling.temperature) * (p > 0)
-    if sampling.strategy == "top_k":
-        k = min(sampling.top_k, p.shape[1])
-        kth = -np.partition(-p, k - 1, axis=1)[:, k - 1 : k]  # (B, 1): the k-th largest
-        p = np.where(p >= kth, p, 0.0)
-    elif sampling.strategy == "top_p":
+    if (rows.temperature != 1.0).any():
+        exponent = (1.0 / rows.temperature)[:, None]  # (B, 1)
+        p = np.power(np.maximum(p, 1e-300), exponent) * (p > 0)
+    if (rows.top_k > 0).any() or (rows.top_p < 1.0).any():
         sorted_p = -np.sort(-p, axis=1)  # (B, V), most likely first
-        cumulative = np.cumsum(sorted_p, axis=1) / sorted_p.sum(axis=1, keepdims=True)
-        # The smallest prefix whose mass reaches top_p ends at the first position where it does;
+        # top-k: every token at least as likely as the k-th most likely one.
+        kth = sorted_p[index, np.clip(rows.top_k, 1, vocab) - 1]  # (B,)
+        # top-p: the smallest prefix whose mass reaches top_p ends at the first position where it does;
         # every token at least as likely as that one stays (values, not positions: no argsort needed).
-        last = np.minimum((cumulative < sampling.top_p).sum(axis=1), p.shape[1] - 1)  # (B,)
-        p = np.where(p >= sorted_p[np.arange(len(p)), last][:, None], p, 0.0)
+        cumulative = np.cumsum(sorted_p, axis=1) / sorted_p.sum(axis=1, keepdims=True)
+        last = np.minimum((cumulative < rows.top_p[:, None]).sum(axis=1), vocab - 1)  # (B,)
+        floor = np.where(rows.top_k > 0, kth, np.where(rows.top_p < 1.0, sorted_p[index, last], 0.0))
+        p = np.where(p >= floor[:, None], p, 0.0)
     cumulative = np.cumsum(p, axis=1)  # (B, V)
-    draws = rng.random(len(p)) * cumulative[:, -1]  # (B,)
-    return np.minimum((cumulative < draws[:, None]).sum(axis=1), p.shape[1] - 1)
+    drawn = np.minimum((cumulative < (draws * cumulative[:, -1])[:, None]).sum(axis=1), vocab - 1)
+    return np.where(rows.greedy, p.argmax(axis=1), drawn)
 
 
 class LSTMStepper:
@@ -147,32 +179,165 @@ def pitch_tokens(bundle: Bundle) -> np.ndarray:
     return np.array([tokenizer.transpose(token, 1) != token for token in bundle.vocab.tokens])
 
 
+class LSTMDecoder:
+    """The `lstm` model as a decoder: its state is each row's (h, c) per layer; a primer is fed one token a step."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.stepper = LSTMStepper(bundle.model)
+
+    def start(self, primers: np.ndarray):
+        """(the state of len(primers) new rows, the (B, P) tokens each must be fed before it samples)."""
+        return self.stepper.zero_state(len(primers)), primers
+
+    def step(self, ids: np.ndarray, state):
+        return self.stepper.step(ids, state)
+
+    @staticmethod
+    def take(state, rows: np.ndarray):
+        return [(h[rows], c[rows]) for h, c in state]
+
+    @staticmethod
+    def join(state, other):
+        return [(np.concatenate([h, h2]), np.concatenate([c, c2])) for (h, c), (h2, c2) in zip(state, other)]
+
+
+class WindowDecoder:
+    """The paper's models as a decoder: the state is each row's window, which slides by one token a step."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+
+    def start(self, primers: np.ndarray):
+        # The window holds the primer but for its last token, which the first step feeds: the model then sees
+        # exactly the primer, as the paper primed.
+        windows = np.concatenate([primers[:, :1], primers[:, :-1]], axis=1)
+        return windows.astype(np.int32), primers[:, -1:]
+
+    def step(self, ids: np.ndarray, state):
+        from pianola.evaluate import next_token_probs
+
+        windows = np.concatenate([state[:, 1:], ids[:, None].astype(np.int32)], axis=1)  # (B, T)
+        return next_token_probs(self.bundle, windows), windows
+
+    @staticmethod
+    def take(state, rows: np.ndarray):
+        return state[rows]
+
+    @staticmethod
+    def join(state, other):
+        return np.concatenate([state, other])
+
+
 def generate_ids(bundle: Bundle, primers: np.ndarray, length: int, sampling: Sampling, seed: int) -> np.ndarray:
-    """(B, length) new token ids continuing each of the (B, window) primers."""
-    rng = np.random.default_rng(seed)
-    penalised = pitch_tokens(bundle)
-    batch = len(primers)
-    out = np.zeros((batch, length), dtype=np.int32)
-    if bundle.input_kind == "tokens":
-        from threadpoolctl import threadpool_limits
+    """(B, length) new token ids continuing each of the (B, window) primers; piece i draws from piece_rng(seed, i)."""
+    n = len(primers)
+    return np.stack(generate_each(bundle, primers, [length] * n, [sampling] * n, [piece_rng(seed, i) for i in range(n)]))
 
-        stepper = LSTMStepper(bundle.model)
-        # The products of one step are too small to share between threads: OpenBLAS's threads
-        # spin-wait for each other and, on a busy machine, run several times slower than one.
-        with threadpool_limits(limits=1, user_api="blas"):
-            probs, state = stepper.run(primers)
-            for t in range(length):
-                out[:, t] = sample_next(probs, sampling, rng, out[:, max(0, t - REPETITION_WINDOW) : t], penalised)
-                probs, state = stepper.step(out[:, t], state)
-        return out
-    from pianola.evaluate import next_token_probs
 
-    window = np.array(primers, dtype=np.int32)  # (B, T): slides by one token per step, as the paper did
-    for t in range(length):
-        recent = out[:, max(0, t - REPETITION_WINDOW) : t]
-        out[:, t] = sample_next(next_token_probs(bundle, window), sampling, rng, recent, penalised)
-        window = np.concatenate([window[:, 1:], out[:, t : t + 1]], axis=1)
-    return out
+def generate_each(bundle: Bundle, primers: np.ndarray, lengths: list[int], samplings: list[Sampling],
+                  rngs: list[np.random.Generator]) -> list[np.ndarray]:
+    """Pieces generated together, each with its own length, settings and random stream: piece i continues
+    primers[i] (a window of ids) and is lengths[i] ids long."""
+    from threadpoolctl import threadpool_limits
+
+    stream = Stream(bundle)
+    rows = []
+    for primer, length, sampling, rng in zip(primers, lengths, samplings, rngs):
+        rows += stream.add(np.asarray(primer)[None, :], length, [sampling], [rng])
+    # The products of one step are too small to share between threads: OpenBLAS's threads
+    # spin-wait for each other and, on a busy machine, run several times slower than one.
+    with threadpool_limits(limits=1, user_api="blas"):
+        while stream.rows:
+            stream.step()
+    return [row.out for row in rows]
+
+
+def decoder_for(bundle: Bundle) -> LSTMDecoder | WindowDecoder:
+    return LSTMDecoder(bundle) if bundle.input_kind == "tokens" else WindowDecoder(bundle)
+
+
+@dataclass
+class Row:
+    """One piece being generated: what it still has to be fed, what it has drawn, how it draws."""
+
+    feed: np.ndarray  # (P,) tokens to feed before sampling (the primer, or its last token)
+    length: int
+    sampling: Sampling
+    rng: np.random.Generator
+    tag: object = None  # whatever the caller needs to find its piece again
+    out: np.ndarray = field(init=False)
+    fed: int = 0
+    made: int = 0
+
+    def __post_init__(self) -> None:
+        self.out = np.zeros(self.length, dtype=np.int32)
+
+    def next_input(self) -> int:
+        return int(self.feed[self.fed]) if self.fed < len(self.feed) else int(self.out[self.made - 1])
+
+
+def piece_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of piece `index` of a batch seeded `seed`: the same piece whatever else is generated
+    beside it (`pianola generate`, the service's batches)."""
+    return np.random.default_rng([seed, index])
+
+
+class Stream:
+    """Pieces generated together, one token of every piece per step: continuous batching.
+
+    Rows may join between any two steps (a new request does not wait for the pieces in flight) and leave as
+    soon as they are done. A row first feeds its primer, then samples; both phases share the step's batch.
+    """
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.decoder = decoder_for(bundle)
+        self.penalised = pitch_tokens(bundle)
+        self.rows: list[Row] = []
+        self.state = None
+
+    def add(self, primers: np.ndarray, length: int, samplings: list[Sampling], rngs: list[np.random.Generator],
+            tags: list | None = None) -> list[Row]:
+        """Start len(primers) rows continuing the (B, window) primers."""
+        state, feeds = self.decoder.start(np.asarray(primers, dtype=np.int32))
+        rows = [Row(feed, length, sampling, rng, tag)
+                for feed, sampling, rng, tag in zip(feeds, samplings, rngs, tags or [None] * len(feeds))]
+        self.state = state if self.state is None else self.decoder.join(self.state, state)
+        self.rows += rows
+        return rows
+
+    def drop(self, keep: list[bool]) -> None:
+        """Keep only the rows where `keep` is true."""
+        index = np.flatnonzero(keep)
+        self.rows = [self.rows[i] for i in index]
+        self.state = self.decoder.take(self.state, index) if self.rows else None
+
+    def step(self) -> list[Row]:
+        """Advance every row by one token; the rows this step finished, which leave the stream."""
+        if not self.rows:
+            return []
+        ids = np.array([row.next_input() for row in self.rows], dtype=np.int32)
+        probs, self.state = self.decoder.step(ids, self.state)
+        for row in self.rows:
+            row.fed = min(row.fed + 1, len(row.feed))
+        # A row samples once its whole primer is fed: this step's probabilities are then for its next token.
+        ready = [i for i, row in enumerate(self.rows) if row.fed == len(row.feed)]
+        if ready:
+            rows = [self.rows[i] for i in ready]
+            recent = np.full((len(rows), REPETITION_WINDOW), -1, dtype=np.int64)
+            for j, row in enumerate(rows):
+                last = row.out[max(0, row.made - REPETITION_WINDOW) : row.made]
+                recent[j, REPETITION_WINDOW - len(last) :] = last
+            draws = np.array([row.rng.random() for row in rows])
+            drawn = sample_rows(probs[ready], RowSampling.of([row.sampling for row in rows]), draws, recent,
+                                self.penalised)
+            for row, token in zip(rows, drawn):
+                row.out[row.made] = token
+                row.made += 1
+        done = [row.made == row.length for row in self.rows]
+        finished = [row for row, d in zip(self.rows, done) if d]
+        if finished:
+            self.drop([not d for d in done])
+        return finished
 
 
 def random_primers(bundle: Bundle, corpus_dir: str | os.PathLike, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -193,7 +358,7 @@ def random_primers(bundle: Bundle, corpus_dir: str | os.PathLike, n: int, seed: 
 
 
 def file_primer(bundle: Bundle, midi: str | os.PathLike, n: int) -> tuple[np.ndarray, list[str]]:
-    """The first `window` tokens of a MIDI file (fewer: left-padded by repeating its start), for n pieces."""
+    """The first `window` tokens of a MIDI file (see `primer_ids`), for n pieces."""
     path = Path(midi)
     try:
         tokens = bundle.tokenizer.encode(path)
@@ -203,10 +368,38 @@ def file_primer(bundle: Bundle, midi: str | os.PathLike, n: int) -> tuple[np.nda
         raise PianolaError(f"{path}: cannot be used as a primer ({e})") from e
     if not tokens:
         raise PianolaError(f"{path}: has no notes to prime with")
+    return primer_ids(bundle, tokens, n)[0], [f"{path.name}@0"] * n
+
+
+def primer_ids(bundle: Bundle, tokens: list[str], n: int) -> tuple[np.ndarray, int]:
+    """(n, window) ids of the first `window` tokens (fewer: left-padded by repeating their start), and how many
+    of them the vocabulary does not know (read as `<unk>`)."""
     ids = bundle.vocab.encode(tokens[: bundle.window])
     if len(ids) < bundle.window:
         ids = np.resize(ids, bundle.window)  # repeats the opening: the models expect a full window
-    return np.repeat(ids[None, :], n, axis=0), [f"{path.name}@0"] * n
+    return np.repeat(ids[None, :], n, axis=0), int((ids == 0).sum())
+
+
+@dataclass
+class Composition:
+    """A generated piece in memory: its tokens, its score, its notes and their metrics."""
+
+    tokens: list[str]
+    score: symusic.Score
+    notes: np.ndarray  # (N, 3) onset, duration, pitch (see music_metrics)
+    metrics: dict
+
+    def midi(self) -> bytes:
+        return self.score.dumps_midi()
+
+
+def compose(bundle: Bundle, ids: np.ndarray, *, tempo_qpm: float = 120.0,
+            reference: CorpusReference | None = None) -> Composition:
+    """Generated ids -> a piece: decoded by the bundle's tokenizer, measured (against `reference` when given)."""
+    tokens = bundle.vocab.decode(ids)
+    score = bundle.tokenizer.decode(tokens, tempo_qpm=tempo_qpm)
+    notes = score_notes(score)
+    return Composition(tokens, score, notes, piece_metrics(tokens, notes, reference=reference))
 
 
 @dataclass
@@ -296,16 +489,15 @@ def generate_pieces(
     ids = generate_ids(bundle, primers, length, sampling, seed)
     corpus = HeldOutSplit.of(bundle, corpus_dir)
     reference = corpus_reference(corpus.training)
-    tokenizer = bundle.tokenizer
     pieces, notes = [], {}
     for i, row in enumerate(ids):
         name = f"piece_{i:03d}"
-        tokens = bundle.vocab.decode(row)
-        piece = GeneratedPiece(name, origins[i], tokens, out_dir / f"{name}.mid", out_dir / f"{name}.png")
-        write_score(tokenizer.decode(tokens, tempo_qpm=tempo_qpm), piece.midi)
+        composition = compose(bundle, row, tempo_qpm=tempo_qpm, reference=reference)
+        piece = GeneratedPiece(name, origins[i], composition.tokens, out_dir / f"{name}.mid", out_dir / f"{name}.png",
+                               metrics=composition.metrics)
+        write_score(composition.score, piece.midi)
         piano_roll(piece.midi, piece.piano_roll, title=f"{name} (primer {piece.primer})")
-        notes[name] = load_notes(piece.midi)
-        piece.metrics = piece_metrics(tokens, notes[name], reference=reference)
+        notes[name] = composition.notes
         if wav:
             from pianola.render import render_wav
 

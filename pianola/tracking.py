@@ -1,7 +1,8 @@
 """MLflow: experiment tracking, the `pianola` registered model, and its `candidate`/`champion` aliases.
 
 By default MLflow runs embedded on SQLite under mlflow/ (no server); MLFLOW_TRACKING_URI overrides.
-A bundle is logged as a pyfunc model whose artifact is the bundle folder, so `models:/` URIs load it.
+A bundle is logged as a pyfunc model whose artifact is the bundle folder, so `models:/` URIs load it
+(and `mlflow models serve` runs it: see pianola/serving/pyfunc.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -67,41 +67,21 @@ def environment() -> dict[str, str]:
     return info
 
 
-class BundleModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of a bundle: given token lists, the most likely next token and its probability."""
-
-    def load_context(self, context: Any) -> None:
-        from pianola.bundle import load_bundle
-
-        self.bundle = load_bundle(context.artifacts["bundle"])
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        import numpy as np
-
-        from pianola.evaluate import next_token_probs
-
-        bundle = self.bundle
-        rows = []
-        for tokens in model_input["tokens"]:
-            ids = bundle.vocab.encode(list(tokens)[-bundle.window :])[None, :]
-            probs = next_token_probs(bundle, ids)[0]
-            best = int(np.argmax(probs))
-            rows.append({"next_token": bundle.vocab.tokens[best], "probability": float(probs[best])})
-        return pd.DataFrame(rows)
-
-
 def log_and_register_bundle(
-    bundle_dir: Path, python_model: mlflow.pyfunc.PythonModel | None = None, name: str = REGISTERED_MODEL,
-    artifact: str = "bundle",
+    bundle_dir: Path, python_model: mlflow.pyfunc.PythonModel, name: str = REGISTERED_MODEL,
+    artifact: str = "bundle", signature: Any = None, input_example: Any = None,
 ) -> str:
-    """Log a model folder to the active run as a pyfunc model (`BundleModel` by default, the folder as
-    its artifact `artifact`), register it as `name` with alias `candidate`; the version."""
+    """Log a model folder to the active run as the pyfunc model `python_model` (the folder as its artifact
+    `artifact`, with `signature` and `input_example` when given), register it as `name` with alias
+    `candidate`; the version."""
     import pianola
 
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=python_model or BundleModel(),
+        python_model=python_model,
         artifacts={artifact: str(bundle_dir)},
+        signature=signature,
+        input_example=input_example,
         pip_requirements=[f"pianola=={pianola.__version__}"],
         registered_model_name=name,
     )

@@ -19,12 +19,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from pianola.bundle import Bundle
+from pianola.bundle import Bundle, training_primers
 from pianola.errors import PianolaError
 from pianola.evaluate import held_out_metrics
 from pianola.io import atomic_write_json
 from pianola.models import build_model, model_spec, windows_to_xy
 from pianola.sequences import EncodedSplit
+from pianola.serving.pyfunc import register_bundle
 from pianola.vocab import Vocabulary
 
 PRESETS = ("demo", "paper", "best")
@@ -303,7 +304,8 @@ def train(
 
         bundle = Bundle(model, vocab, tokenizer_config, window, config.model, spec.input_kind,
                         info={"valid_pieces": valid_split.pieces, "train_pieces": len(train_split.pieces),
-                              "preset": config.preset, "run_id": run.info.run_id, "history": history})
+                              "preset": config.preset, "run_id": run.info.run_id, "history": history},
+                        primers=training_primers(train_split, window, config.seed))
         held_out = held_out_metrics(bundle, valid_split).to_json()
         bundle.info["heldout"] = held_out
         mlflow.log_metrics({f"heldout_{k}": v for k, v in held_out.items() if v is not None})
@@ -312,7 +314,7 @@ def train(
             training_curves(history, curves, title=f"{config.model} ({config.preset})")
             mlflow.log_artifact(str(curves))
         bundle.save(out)
-        version = tracking.log_and_register_bundle(out) if register else None
+        version = register_bundle(out) if register else None
     # Finished: the next call with this config starts afresh.
     state_path.unlink(missing_ok=True)
     return TrainResult(out, run.info.run_id, version, held_out, history, len(history))

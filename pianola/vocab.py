@@ -47,6 +47,9 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def __contains__(self, token: object) -> bool:
+        return token in self._index
+
     def encode(self, tokens: list[str]) -> np.ndarray:
         """int32 ids of `tokens`, 0 (`<unk>`) for tokens not in the vocabulary."""
         index = self._index

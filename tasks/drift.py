@@ -6,14 +6,16 @@ The monitor flow measures; the retrain flow merges before it reruns the DVC pipe
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pianola.drift import DriftReport, MonitorSettings, check_drift, merge_new_pieces
+from pianola.drift import DriftReport, MonitorSettings, merge_new_pieces
+from pianola.serving.monitor import ServedDrift, check
 
 
 @task(name="measure drift", cache_policy=NO_CACHE)
-def measure_drift(settings: MonitorSettings) -> DriftReport:
-    """Wasserstein drift of `settings.current` from `settings.reference`, written to `settings.out`.
+def measure_drift(settings: MonitorSettings) -> DriftReport | ServedDrift:
+    """Wasserstein drift of `settings.current` (or of what `settings.served` served) from `settings.reference`,
+    written to `settings.out`.
     Not retried: unreadable or empty inputs stay so."""
-    return check_drift(settings)
+    return check(settings)
 
 
 @task(name="merge new pieces", cache_policy=NO_CACHE)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -76,3 +81,66 @@ def tiny_project(tmp_path_factory) -> Path:
     tokenize_corpus(root / "data" / "raw", root / "data" / "tokens", get_tokenizer("timed"), plots=False)
     build_sequences(root / "data" / "tokens", root / "data" / "sequences", window=TINY_WINDOW, valid_fraction=0.25, seed=0)
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a process a test started, and its children (it leads its own process group)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextmanager
+def tracking_at(uri: str):
+    """MLFLOW_TRACKING_URI set to `uri` for the block (session fixtures cannot use monkeypatch)."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield uri
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tiny_project: Path, tmp_path_factory) -> Path:
+    """A small `lstm` trained on the tiny project (not registered)."""
+    from pianola.train import preset_config, train
+
+    work = tmp_path_factory.mktemp("generate-bundle")
+    with tracking_at(f"sqlite:///{work / 'mlflow.db'}"):
+        config = preset_config("lstm", "demo", epochs=3, model_options=TINY_LSTM | {"learning_rate": 1e-2})
+        train(tiny_project / "data/sequences", work / "bundle", config, work_dir=work / "runs", register=False, verbose=0)
+    return work / "bundle"
+
+
+@pytest.fixture(scope="session")
+def registry(bundle_dir: Path, tmp_path_factory) -> str:
+    """An MLflow store (SQLite) where `bundle_dir` is version 1 of `pianola`, alias champion; its URI.
+    Tests that use it set MLFLOW_TRACKING_URI to it (monkeypatch.setenv)."""
+    import mlflow
+
+    from pianola import tracking
+    from pianola.serving.pyfunc import register_bundle
+
+    work = tmp_path_factory.mktemp("registry")
+    with tracking_at(f"sqlite:///{work / 'mlflow.db'}") as uri:
+        mlflow.set_tracking_uri(uri)
+        mlflow.create_experiment(tracking.EXPERIMENT, artifact_location=(work / "artifacts").as_uri())
+        tracking.setup()
+        with mlflow.start_run():
+            version = register_bundle(bundle_dir)
+        mlflow.MlflowClient().set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION, version)
+    return uri

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from prefect.states import Failed
 
-from conftest import make_midi, motif_notes
+from conftest import free_port, make_midi, motif_notes, stop
 from fixtures_s3 import AWS_VARIABLES, SeaweedFS, s3_bucket, s3_server  # noqa: F401 - fixtures, found by pytest among the module's names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,23 +37,6 @@ from tasks.dvc import DvcError, push, run_stage  # noqa: E402
 
 SERVER_START_S = 180
 RUN_S = 420  # the retrain flow reruns every stage on 2 shared cores
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a process this test started, and its children (it leads its own process group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def tail(path: Path, chars: int = 4000) -> str:

@@ -16,25 +16,7 @@ from pianola.bundle import Bundle, load_bundle
 from pianola.errors import PianolaError
 from pianola.generate import LSTMStepper, Sampling, generate_ids, generate_pieces, sample_next
 from pianola.models import build_model
-from pianola.train import preset_config, train
 from pianola.vocab import Vocabulary
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(tiny_project: Path, tmp_path_factory) -> Path:
-    """A small `lstm` trained on the tiny project (not registered)."""
-    work = tmp_path_factory.mktemp("generate-bundle")
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    try:
-        config = preset_config("lstm", "demo", epochs=3, model_options=TINY_LSTM | {"learning_rate": 1e-2})
-        train(tiny_project / "data/sequences", work / "bundle", config, work_dir=work / "runs", register=False, verbose=0)
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI")
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
-    return work / "bundle"
 
 
 def generate(bundle_dir: Path, tiny_project: Path, out: Path, **kwargs):
