@@ -1,12 +1,14 @@
 """Orchestration end to end, on a real Prefect server: the pipeline flow, and drift that triggers retraining.
 
 A tiny project (a git + DVC repository of small MIDI files, timed tokens, the demo preset) is built once;
-`python -m flows.pipeline` trains it, then `flows/serve.py` serves the deployments, a drifted set makes
-`monitor` emit `pianola.drift.detected`, and the retrain deployment it triggers registers a new model.
+`python -m flows.pipeline` trains it, then `flows/serve.py` serves the deployments; primers two octaves up sent to
+the served model make `monitor` emit `pianola.drift.detected`, and the retrain deployment it triggers adds them to
+the corpus and registers a new model.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -219,10 +221,26 @@ def runs_of(served: Served, deployment: str) -> list[dict]:
     return served.client.post("/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [deployment_id]}}}).json()
 
 
+def serve_primers(project: Path, store: Path, primers: Path) -> Path:
+    """What `pianola serve` of the project's model keeps after a user sent each of `primers`' files as a primer:
+    the store folder (pieces, primers/, inference.jsonl)."""
+    from pianola.serving.app import Service
+
+    service = Service(str(project / "models" / "candidate"), store)
+    try:
+        for i, path in enumerate(sorted(primers.glob("*.mid"))):
+            service.generate({"primer_midi": base64.b64encode(path.read_bytes()).decode(), "length": 48, "seed": i})
+    finally:
+        service.close()
+    return store
+
+
 def test_drift_event_triggers_a_retrain_that_registers_a_new_model(work: Path, project: Path, served: Served) -> None:
     quiet = finished(served, start(served, "monitor/daily", {"current": str(work / "source")}))
     assert quiet["state"]["type"] == "COMPLETED", tail(served.log)
-    loud = finished(served, start(served, "monitor/daily", {"current": str(work / "drifted")}))
+    # The served model was sent primers two octaves up: the monitor of what it served finds input drift.
+    store = serve_primers(project, work / "served", work / "drifted")
+    loud = finished(served, start(served, "monitor/daily", {"served": str(store)}))
     assert loud["state"]["type"] == "COMPLETED", tail(served.log)
 
     deadline = time.monotonic() + RUN_S
@@ -231,18 +249,20 @@ def test_drift_event_triggers_a_retrain_that_registers_a_new_model(work: Path, p
     assert len(retrains) == 1, f"the drift event started no retrain run:\n{tail(served.log)}"
     retrain = finished(served, retrains[0]["id"])
     assert retrain["state"]["type"] == "COMPLETED", tail(served.log, 8000)
-    assert retrain["parameters"] == {"current": str((work / "drifted").resolve())}
+    assert retrain["parameters"] == {"current": str((store / "primers").resolve())}
 
-    # One event, from the drifted set only, carrying the figures; the training corpus fired nothing.
+    # One event, from the served primers only, carrying the figures; the training corpus fired nothing.
     events = served.client.post("/events/filter", json={"filter": {"event": {"name": ["pianola.drift.detected"]}}}).json()
     assert events["total"] == 1
     payload = events["events"][0]["payload"]
-    assert payload["drifted"] and payload["features"]["pitch"]["normalised"] > payload["threshold"]
-    assert payload["reason"].startswith("pitch moved") and payload["features"]["pitch"]["distance"] == 24.0
+    assert payload["drifted"] and payload["kind"] == "input" and payload["moved"][0] == "pitch"
+    assert payload["reason"].startswith("input drift: pitch moved") and payload["features"]["pitch"]["distance"] == 24.0
+    assert "prediction" in payload["served"]["reports"]
     assert len(runs_of(served, "retrain/on-drift")) == 1
 
-    # The new pieces joined the corpus, and a model trained on them was registered as a new version.
-    assert sorted(p.name for p in (work / "source" / "drifted").iterdir()) == [f"up{k}.mid" for k in range(6)]
+    # The primers users sent joined the corpus, and a model trained on them was registered as a new version.
+    drifted = sorted(p.read_bytes() for p in (work / "drifted").glob("*.mid"))
+    assert sorted(p.read_bytes() for p in (work / "source" / "primers").iterdir()) == drifted
     versions = mlflow_client(work).search_model_versions("name='pianola'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]
     status = run([sys.executable, "-m", "dvc", "status"], project, flow_env(work))

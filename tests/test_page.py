@@ -19,14 +19,20 @@ TIMEOUT_MS = 60_000  # generation, and WAV rendering by FluidSynth, on a busy 2-
 
 
 @contextmanager
-def serving(bundle_dir: Path, store: Path, **options):
-    """The app on 127.0.0.1 (uvicorn in a thread) for the block; its base URL."""
+def serving(bundle_dir: Path, store: Path, prefix: str = "", **options):
+    """The app on 127.0.0.1 (uvicorn in a thread; under `prefix`, as a reverse proxy would put it) for the block;
+    the server's base URL."""
     import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
 
     from pianola.serving.app import Service, create_app
 
     service = Service(str(bundle_dir), store, **options)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=free_port(), log_level="warning"))
+    app = create_app(service)
+    if prefix:
+        app = Starlette(routes=[Mount(prefix, app=app)])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     try:
@@ -70,7 +76,7 @@ def open_page(browser, url: str):
     page.problems = []
     page.on("pageerror", lambda error: page.problems.append(f"page error: {error}"))
     page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    page.goto("/")
+    page.goto(url)
     page.wait_for_selector("body[data-ready='true']")
     return page
 
@@ -119,10 +125,10 @@ def check_piece(page, piece_id: str) -> None:
         const img = document.querySelector("{piece} img.roll");
         return img && img.complete && img.naturalWidth > 0;
     }}""")
-    assert page.get_attribute(f"{piece} img.roll", "src") == f"/v1/pieces/{piece_id}.png"
+    assert page.get_attribute(f"{piece} img.roll", "src") == f"v1/pieces/{piece_id}.png"
 
     link = page.query_selector(f"{piece} a[download]")
-    assert link.get_attribute("href") == f"/v1/pieces/{piece_id}.mid"
+    assert link.get_attribute("href") == f"v1/pieces/{piece_id}.mid"
     head = page.evaluate("""async (href) => {
         const response = await fetch(href);
         const bytes = new Uint8Array(await response.arrayBuffer());
@@ -132,9 +138,18 @@ def check_piece(page, piece_id: str) -> None:
 
     item = f"#gallery .gallery-item[data-piece-id='{piece_id}']"
     page.wait_for_selector(item)
-    assert page.get_attribute(f"{item} img.thumb", "src") == f"/v1/pieces/{piece_id}.png"
+    assert page.get_attribute(f"{item} img.thumb", "src") == f"v1/pieces/{piece_id}.png"
     assert page.get_attribute(f"{item} audio", "preload") == "none"
-    assert page.get_attribute(f"{item} a[download]", "href") == f"/v1/pieces/{piece_id}.mid"
+    assert page.get_attribute(f"{item} a[download]", "href") == f"v1/pieces/{piece_id}.mid"
+
+
+def test_page_works_under_a_path_prefix(bundle_dir: Path, tmp_path: Path, browser) -> None:
+    """Behind a reverse proxy at /pianola/, the page's relative URLs reach the app (docs/serving.md)."""
+    with serving(bundle_dir, tmp_path / "served", prefix="/pianola") as url:
+        page = open_page(browser, f"{url}/pianola/")
+        page.fill("#length", "40")
+        check_piece(page, generate(page))
+        assert not page.problems, page.problems
 
 
 def test_page_generates_a_playable_piece(page):

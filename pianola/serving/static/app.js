@@ -206,7 +206,7 @@
   }
 
   async function loadModel(fillDefaults) {
-    const model = await api("/v1/model");
+    const model = await api("v1/model");
     state.model = model;
     state.defaults = model.defaults || {};
     state.limits = model.limits || {};
@@ -219,7 +219,7 @@
     const badge = $("#health");
     const text = $("#health-text");
     try {
-      const health = await api("/healthz");
+      const health = await api("healthz");
       const ok = health.status === "ok";
       badge.dataset.state = ok ? "ok" : "warn";
       const flight = health.in_flight ? ` · ${health.in_flight} in flight` : " · idle";
@@ -379,7 +379,7 @@
       $("#busy-status").textContent = `Generating ${what}… ${Math.round((performance.now() - started) / 1000)} s`;
     }, 1000);
     try {
-      const answer = await api("/v1/generate", {
+      const answer = await api("v1/generate", {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
         body: JSON.stringify(body),
@@ -398,7 +398,7 @@
   }
 
   function pieceUrl(id, kind) {
-    return `/v1/pieces/${encodeURIComponent(id)}.${kind}`;
+    return `v1/pieces/${encodeURIComponent(id)}.${kind}`;
   }
 
   function audioPlayer(id, preload) {
@@ -518,7 +518,7 @@
     const status = $("#gallery-status");
     let records;
     try {
-      records = (await api("/v1/pieces?limit=12")).pieces || [];
+      records = (await api("v1/pieces?limit=12")).pieces || [];
     } catch (error) {
       if (mine === galleryRequest) status.textContent = `The gallery cannot be loaded: ${error.message}`;
       return;
