@@ -427,3 +427,32 @@ def test_the_logged_signature_carries_the_settings_as_params(registry: str, monk
     assert params == GenerationRequest().settings()
     assert {c.name for c in info.signature.inputs.inputs} == {"primer_midi", "primer_tokens"}
     assert np.all([not c.required for c in info.signature.inputs.inputs])
+
+
+def test_pianola_serve_runs_answers_and_shuts_down_with_its_log_written(bundle_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    command = [str(Path(sys.executable).parent / "pianola"), "serve", "--model", str(bundle_dir), "--port", str(port),
+               "--store", str(tmp_path / "served"), "--max-length", "100"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        assert httpx.post(f"{url}/v1/generate", json={"length": 101}).status_code == 422  # --max-length
+        answer = httpx.post(f"{url}/v1/generate", json={"length": 30}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        server.send_signal(2)  # Ctrl-C
+        assert server.wait(timeout=30) == 0, log.read_text()[-3000:]
+    finally:
+        stop(server)
+    records = list(read_log(tmp_path / "served" / "inference.jsonl"))
+    assert [p["id"] for r in records for p in r["pieces"]] == [answer.json()["pieces"][0]["id"]]
