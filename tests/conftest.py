@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -98,6 +99,22 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def wait_until_up(process: subprocess.Popen, url: str, log: Path, seconds: float, what: str = "the server") -> None:
+    """Wait until GET `url` answers 200; fail with the end of `log` if `process` exits or `seconds` pass."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, f"{what} exited:\n{log.read_text(errors='replace')[-3000:]}"
+        assert time.monotonic() < deadline, f"{what} not up after {seconds} s:\n{log.read_text(errors='replace')[-3000:]}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
 
 
 @contextmanager

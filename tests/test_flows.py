@@ -26,7 +26,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from prefect.states import Failed
 
-from conftest import free_port, make_midi, motif_notes, stop
+from conftest import free_port, make_midi, motif_notes, stop, wait_until_up
 from fixtures_s3 import AWS_VARIABLES, SeaweedFS, s3_bucket, s3_server  # noqa: F401 - fixtures, found by pytest among the module's names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,16 +74,7 @@ def api(work: Path) -> Iterator[str]:
                                   env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            assert server.poll() is None, f"prefect server exited:\n{tail(log)}"
-            assert time.monotonic() < deadline, f"prefect server not healthy after {SERVER_START_S} s:\n{tail(log)}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        wait_until_up(server, f"{url}/health", log, SERVER_START_S, "prefect server")
         yield url
     finally:
         stop(server)

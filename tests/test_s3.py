@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conftest import make_midi, scale_notes
+from conftest import make_midi, scale_notes, wait_until_up
 from fixtures_s3 import s3_bucket, s3_env, s3_server  # noqa: F401 - fixtures, found by pytest among the module's names
 from fixtures_s3 import ACCESS_KEY, SECRET_KEY, STRANGER_KEY, STRANGER_SECRET, SeaweedFS, free_ports
 from pianola.errors import PianolaError
@@ -250,16 +249,7 @@ def test_mlflow_server_keeps_run_artifacts_in_the_bucket(s3_server, s3_bucket, t
         monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient  # imported while the server starts: both take seconds
 
-        deadline = time.monotonic() + MLFLOW_START_S
-        while True:
-            assert server.poll() is None, f"mlflow server exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"mlflow server not healthy after {MLFLOW_START_S} s:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
+        wait_until_up(server, f"{url}/health", log, MLFLOW_START_S, "mlflow server")
 
         client = MlflowClient(tracking_uri=url)
         run_id = client.create_run("0").info.run_id

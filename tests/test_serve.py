@@ -21,7 +21,7 @@ import pytest
 import symusic
 from fastapi.testclient import TestClient
 
-from conftest import free_port, make_midi, motif_notes, stop
+from conftest import free_port, make_midi, motif_notes, stop, wait_until_up
 from pianola import tracking
 from pianola.bundle import load_bundle
 from pianola.drift import monitor_settings
@@ -385,16 +385,7 @@ def test_the_registered_model_generates_under_mlflow_models_serve(registry: str,
                                   env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        wait_until_up(server, f"{url}/ping", log, 180, "mlflow models serve")
         params = {"n": 2, "length": 40, "seed": 3, "strategy": "temperature", "temperature": 0.9}
         answer = httpx.post(f"{url}/invocations", json={"dataframe_records": [{}], "params": params}, timeout=120)
         assert answer.status_code == 200, answer.text
@@ -438,15 +429,7 @@ def test_pianola_serve_runs_answers_and_shuts_down_with_its_log_written(bundle_d
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
+        wait_until_up(server, f"{url}/healthz", log, 120, "pianola serve")
         assert httpx.post(f"{url}/v1/generate", json={"length": 101}).status_code == 422  # --max-length
         answer = httpx.post(f"{url}/v1/generate", json={"length": 30}, timeout=60)
         assert answer.status_code == 200, answer.text
