@@ -20,12 +20,13 @@ sys.path[0] = str(ROOT)  # the project, not bench/: bench/tokenize.py would shad
 
 import numpy as np  # noqa: E402
 
-from pianola.bundle import Bundle, load_bundle  # noqa: E402
-from pianola.generate import Sampling, generate_ids  # noqa: E402
+from pianola.data.vocab import Vocabulary  # noqa: E402
+from pianola.generation.generate import generate_ids
+from pianola.generation.sampling import Sampling  # noqa: E402
 from pianola.io import atomic_write_json  # noqa: E402
 from pianola.models import build_model  # noqa: E402
-from pianola.train import preset_config  # noqa: E402
-from pianola.vocab import Vocabulary  # noqa: E402
+from pianola.models.bundle import Bundle, load_bundle  # noqa: E402
+from pianola.training.train import preset_config  # noqa: E402
 
 WINDOW = 100
 

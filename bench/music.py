@@ -20,11 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)  # the project, not bench/: bench/tokenize.py would shadow the standard library
 
-from pianola.bundle import Bundle, load_bundle  # noqa: E402
-from pianola.evaluate import evaluate_midi  # noqa: E402
-from pianola.generate import Sampling, generate_pieces, summarize  # noqa: E402
+from pianola.evaluation.heldout import evaluate_midi  # noqa: E402
+from pianola.evaluation.musicality import GROUPS, notes_of_folder  # noqa: E402
+from pianola.generation.generate import generate_pieces, summarize
+from pianola.generation.sampling import Sampling  # noqa: E402
 from pianola.io import atomic_write_json  # noqa: E402
-from pianola.musicality import GROUPS, notes_of_folder  # noqa: E402
+from pianola.models.bundle import Bundle, load_bundle  # noqa: E402
 
 DEFAULT = "top_p 0.95, repetition penalty 1.3 (default)"
 STRATEGIES = {

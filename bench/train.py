@@ -24,15 +24,15 @@ sys.path[0] = str(ROOT)  # the project, not bench/: bench/tokenize.py would shad
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pianola.bundle import Bundle  # noqa: E402
-from pianola.corpus import tokenize_corpus  # noqa: E402
-from pianola.evaluate import held_out_metrics  # noqa: E402
+from pianola.data.corpus import tokenize_corpus  # noqa: E402
+from pianola.data.sequences import EncodedSplit, build_sequences  # noqa: E402
+from pianola.data.vocab import Vocabulary  # noqa: E402
+from pianola.evaluation.heldout import held_out_metrics  # noqa: E402
 from pianola.io import atomic_write_json  # noqa: E402
 from pianola.models import model_spec  # noqa: E402
-from pianola.sequences import EncodedSplit, build_sequences  # noqa: E402
+from pianola.models.bundle import Bundle  # noqa: E402
 from pianola.tokenizers import get_tokenizer  # noqa: E402
-from pianola.train import preset_config, train  # noqa: E402
-from pianola.vocab import Vocabulary  # noqa: E402
+from pianola.training.train import preset_config, train  # noqa: E402
 
 
 class Probe(keras.callbacks.Callback):

@@ -11,9 +11,25 @@ from prefect import flow
 
 from flows import cli
 from pianola.cli import (
-    CHAMPION_URI, DEFAULT_SAMPLING, Corpus, ModelRef, PieceCount, PieceLength, Primer, RepetitionPenalty, Seed,
-    SoundFont, StrategyName, Tempo, Temperature, TopK, TopP, Track, Wav,
+    CHAMPION_URI,
+    DEFAULT_SAMPLING,
+    Corpus,
+    ModelRef,
+    PieceCount,
+    PieceLength,
+    Primer,
+    RepetitionPenalty,
+    Seed,
+    SoundFont,
+    StrategyName,
+    Temperature,
+    Tempo,
+    TopK,
+    TopP,
+    Track,
+    Wav,
 )
+from pianola.generation.sampling import Sampling
 from tasks.artifacts import leave_summary, table
 from tasks.generate import generate_batch, publish_batch, storage_publisher
 
@@ -45,18 +61,19 @@ def generate(
     if publish:
         storage_publisher(publish)  # fail before generating, not after
     out = out or f"{BATCHES}/{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    batch = generate_batch(model, out, n=n, length=length, strategy=strategy, temperature=temperature,
-                           top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, primer=primer, corpus=corpus, seed=seed, tempo=tempo,
-                           wav=wav, soundfont=soundfont, track=track)
-    batch["published_to"] = publish_batch(out, publish) if publish else None
+    sampling = Sampling(strategy, temperature, top_k, top_p, repetition_penalty)
+    batch = generate_batch(model, out, n=n, length=length, sampling=sampling, seed=seed, primer=primer, corpus_dir=corpus,
+                           tempo_qpm=tempo, wav=wav, soundfont=soundfont, track=track)
+    published = publish_batch(out, publish) if publish else None
     leave_summary(
-        "pianola-generate", f"Generated {len(batch['midi'])} piece(s) from {model}",
-        table({"folder": f"`{out}`", "MLflow run": f"`{batch['run_id']}`" if batch["run_id"] else "not tracked",
-               "published to": batch["published_to"] or "not published"}),
-        table({name: value for name, value in batch["summary"].items()}),
+        "pianola-generate", f"Generated {len(batch.pieces)} piece(s) from {model}",
+        table({"folder": f"`{out}`", "MLflow run": f"`{batch.run_id}`" if batch.run_id else "not tracked",
+               "published to": published or "not published"}),
+        table(batch.summary),
     )
-    print(f"wrote {len(batch['midi'])} piece(s) to {out}")
-    return batch
+    print(batch.describe())
+    return {"out": out, "midi": [str(p.midi) for p in batch.pieces], "summary": batch.summary, "run_id": batch.run_id,
+            "published_to": published}
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import typer
 from prefect import flow
 
 from flows import cli
-from pianola.drift import monitor_settings
+from pianola.monitoring.drift import monitor_settings
 from tasks.artifacts import leave_summary
 from tasks.drift import measure_drift
 from tasks.events import DRIFT_EVENT, emit_drift_detected

@@ -11,7 +11,7 @@ from prefect import flow
 
 from flows import cli
 from flows.pipeline import pipeline
-from pianola.drift import monitor_settings
+from pianola.monitoring.drift import monitor_settings
 from pianola.params import section
 from tasks.artifacts import leave_summary, table
 from tasks.drift import merge_new_data

@@ -6,16 +6,13 @@ them, so `pianola tokenize` starts in a fraction of a second.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pianola.errors import PianolaError
-from pianola.generate import Sampling
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides our output
+from pianola.generation.sampling import Sampling
 
 app = typer.Typer(
     help="Learn to compose classical piano music with LSTMs.",
@@ -36,7 +33,7 @@ def ingest(
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Gather MIDI files from SOURCE, validate them, drop duplicates, write them and a manifest to OUT."""
-    from pianola.ingest import ingest as run_ingest
+    from pianola.data.ingest import ingest as run_ingest
 
     report = run_ingest(source, out, max_bytes=max_bytes, limit=limit, progress=progress)
     typer.echo(report.summary())
@@ -52,7 +49,7 @@ def tokenize(
     plots: Annotated[bool, typer.Option(help="Draw the corpus plots")] = True,
 ) -> None:
     """Turn every MIDI file of IN into a token sequence."""
-    from pianola.corpus import tokenize_corpus
+    from pianola.data.corpus import tokenize_corpus
     from pianola.tokenizers import get_tokenizer
 
     config = ({"steps_per_quarter": steps_per_quarter} if tokenizer in ("timed", "remi")
@@ -74,7 +71,7 @@ def sequences(
     seed: Annotated[int, typer.Option(help="Seed of the piece-level split")] = 42,
 ) -> None:
     """Map tokens to ids, split by piece, and store the windows."""
-    from pianola.sequences import build_sequences
+    from pianola.data.sequences import build_sequences
 
     meta = build_sequences(in_dir, out, window=window, valid_fraction=valid_fraction, seed=seed)
     typer.echo(
@@ -109,7 +106,8 @@ def train(
     register: Annotated[bool, typer.Option(help="Register the bundle in the MLflow Model Registry as candidate")] = True,
 ) -> None:
     """Train a model, track it in MLflow, save it as a bundle and register it as `candidate`."""
-    from pianola.train import preset_config, train as run_train
+    from pianola.training.train import preset_config
+    from pianola.training.train import train as run_train
 
     overrides = {"epochs": epochs, "max_minutes": max_minutes, "transpose": transpose}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -130,9 +128,13 @@ def evaluate(
     """Held-out cross-entropy of the token after every window, perplexity, accuracy, OOV rate."""
     import json
 
-    from pianola.bundle import load_bundle
-    from pianola.evaluate import evaluate_midi, validation_pieces, write_training_curves
+    from pianola.evaluation.heldout import (
+        evaluate_midi,
+        validation_pieces,
+        write_training_curves,
+    )
     from pianola.io import atomic_write_json
+    from pianola.models.bundle import load_bundle
 
     bundle = load_bundle(model)
     metrics = evaluate_midi(bundle, midi, validation_pieces(valid_of) if valid_of else None)
@@ -148,7 +150,7 @@ def promote(
     midi: Annotated[Path, typer.Option(help="Folder holding the validation pieces' MIDI files")] = Path("data/raw"),
 ) -> None:
     """Move alias `champion` to `candidate` only if it has a lower held-out cross-entropy."""
-    from pianola.tracking import promote as run_promote
+    from pianola.evaluation.promotion import promote as run_promote
 
     typer.echo(run_promote(midi).summary())
 
@@ -194,7 +196,7 @@ def generate(
     track: Track = True,
 ) -> None:
     """Generate N pieces as MIDI (and WAV), with piano rolls, music metrics and musicality against held-out pieces."""
-    from pianola.generate import generate_batch
+    from pianola.generation.generate import generate_batch
 
     result = generate_batch(model, out, n=n, length=length, sampling=Sampling(strategy, temperature, top_k, top_p, repetition_penalty),
                             seed=seed, primer=primer, corpus_dir=corpus, tempo_qpm=tempo, wav=wav, soundfont=soundfont,
@@ -238,15 +240,15 @@ def musicality(
     """Yang & Lerch musicality of GENERATED against held-out human pieces, beside a human baseline, and novelty."""
     import json
 
+    from pianola.evaluation.musicality import musicality_report, notes_of_folder
     from pianola.io import atomic_write_json
-    from pianola.musicality import musicality_report, notes_of_folder
 
     report = musicality_report(notes_of_folder(generated), notes_of_folder(reference), notes_of_folder(train_dir),
                                notes_of_folder(baseline) if baseline else None, quarters=excerpt, seed=seed)
     if out:
         atomic_write_json(out, report.report)
     if plot:
-        from pianola.plots import distance_densities
+        from pianola.evaluation.musicality import distance_densities
 
         distance_densities(report, plot)
     typer.echo(json.dumps(report.report) if as_json else report.summary())
@@ -258,7 +260,7 @@ def render(
     soundfont: Annotated[str | None, typer.Option(help="SoundFont (default: the system's General MIDI one)")] = None,
 ) -> None:
     """Render MIDI files to 44.1 kHz WAV with FluidSynth."""
-    from pianola.render import render_many
+    from pianola.generation.render import render_many
 
     for path in render_many(midi, soundfont=soundfont):
         typer.echo(str(path))
@@ -277,8 +279,8 @@ def drift(
     """Wasserstein drift of CURRENT (or of what a service served) from REFERENCE on pitch, duration and inter-onset interval."""
     import json
 
-    from pianola.drift import monitor_settings
-    from pianola.serving.monitor import check
+    from pianola.monitoring.drift import monitor_settings
+    from pianola.monitoring.served import check
 
     settings = monitor_settings(reference=reference, current=current, threshold=threshold, features=feature,
                                 out=str(out) if out else None, served=served)

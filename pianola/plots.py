@@ -9,20 +9,16 @@ import multiprocessing
 import os
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pianola.errors import PianolaError
 from pianola.io import atomic_path
 from pianola.midi import load_score
-
-if TYPE_CHECKING:
-    from pianola.musicality import MusicalityReport
-
-PITCH_CLASS_NAMES = ["C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B"]
+from pianola.midi.notes import PITCH_CLASS_NAMES
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +41,6 @@ class PlotWorker:
         self.process.start()
 
     def draw(self, out_dir: Path, counts: Counter, pitch_histogram: np.ndarray, example: Path) -> None:
-        from pianola.errors import PianolaError
 
         self.connection.send((out_dir, counts, pitch_histogram, example))
         error = self.connection.recv()
@@ -60,7 +55,7 @@ class PlotWorker:
 
 def _plot_worker(connection) -> None:
     """Import matplotlib, then draw the plots of the job received (None: nothing to draw)."""
-    _pyplot()
+    pyplot()
     job = connection.recv()
     if job is None:
         return
@@ -75,12 +70,12 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     """Save a matplotlib figure as PNG atomically, then close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def corpus_plots(out_dir: Path, counts: Counter, pitch_histogram: np.ndarray, example: Path) -> None:
     """token_frequency.png, pitch_class_frequency.png and pitch_offset.png (one piece), as in the paper."""
-    plt = _pyplot()
+    plt = pyplot()
 
     top = counts.most_common(40)
     fig, ax = plt.subplots(figsize=(12, 4))
@@ -113,7 +108,7 @@ def corpus_plots(out_dir: Path, counts: Counter, pitch_histogram: np.ndarray, ex
 
 def training_curves(history: list[dict], path: str | os.PathLike, title: str) -> None:
     """Loss and accuracy per epoch, training against validation."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] + 1 for row in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in (("loss", "train"), ("val_loss", "validation")):
@@ -131,7 +126,7 @@ def piano_roll(midi_path: str | os.PathLike, png_path: str | os.PathLike, title:
     """Piano roll of a MIDI file: one bar per note, time in seconds across, MIDI pitch up."""
     from matplotlib.collections import PolyCollection
 
-    plt = _pyplot()
+    plt = pyplot()
     score = load_score(midi_path).to("second")
     empty = {"time": np.zeros(0), "duration": np.zeros(0), "pitch": np.zeros(0)}
     parts = [t.notes.numpy() for t in score.tracks if not t.is_drum and len(t.notes)] or [empty]
@@ -153,26 +148,3 @@ def piano_roll(midi_path: str | os.PathLike, png_path: str | os.PathLike, title:
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, png_path)
 
-
-def distance_densities(result: MusicalityReport, path: str | os.PathLike, title: str | None = None) -> None:
-    """One panel per feature: the intra-set density, the generated and the human inter-set densities."""
-    from pianola.musicality import FEATURES
-
-    plt = _pyplot()
-    columns = 4
-    rows = -(-len(FEATURES) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows))
-    for ax, (name, feature) in zip(axes.ravel(), FEATURES.items()):
-        gen, human = result.generated[name], result.human[name]
-        row = result.report["features"][name]
-        ax.plot(gen.grid, gen.intra, color="black", label="reference (intra-set)")
-        ax.plot(gen.grid, gen.inter, color="tab:red", label=f"generated, OA {row['generated']['oa']:.2f}")
-        ax.plot(human.grid, human.inter, color="tab:blue", linestyle="--", label=f"human, OA {row['human']['oa']:.2f}")
-        ax.set_title(feature.label, fontsize=9)
-        ax.set_xlabel("distance", fontsize=8)
-        ax.legend(fontsize=7)
-    for ax in axes.ravel()[len(FEATURES):]:
-        ax.axis("off")
-    fig.suptitle(title or "Distance densities per feature (Yang & Lerch 2018)")
-    fig.tight_layout()
-    save_figure(fig, path)

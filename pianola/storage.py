@@ -7,9 +7,7 @@ credentials, region and endpoint come from boto3's standard chain, plus PIANOLA_
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ from botocore.exceptions import (
 )
 
 from pianola.errors import PianolaError
-from pianola.sources import DEFAULT_MAX_BYTES, MIDI_SUFFIXES, Source, SourceItem, SourceReadError
 
 S3_SCHEME = "s3://"
 ENDPOINT_ENV = "PIANOLA_S3_ENDPOINT_URL"
@@ -134,48 +131,6 @@ def storage_error(
             "and that the bucket's policy lets them do this"
         )
     return PianolaError(f"{doing} failed at {where}: {code} {message}".rstrip())
-
-
-class S3Source(Source):
-    """MIDI objects under an S3 prefix, in key order; each object is read only when ingest asks."""
-
-    def __init__(self, url: str, *, max_bytes: int = DEFAULT_MAX_BYTES, client: Any = None):
-        self.spec = url
-        self.location = parse_s3_url(url)
-        self.max_bytes = max_bytes
-        self._client = client or s3_client()
-
-    def items(self) -> Iterator[SourceItem]:
-        bucket, prefix = self.location.bucket, self.location.prefix
-        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        try:
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    key = obj["Key"]
-                    if key.lower().endswith(MIDI_SUFFIXES):  # folder markers and other files are not candidates
-                        yield SourceItem(
-                            name=key[len(prefix) :],
-                            source=self.location.url(key),
-                            read=partial(self._read, key),
-                            size=obj["Size"],  # ingest refuses an oversize object before downloading it
-                        )
-        except (ClientError, BotoCoreError) as e:
-            raise storage_error(e, self._client, bucket, f"listing {self.location.url()}") from e
-
-    def _read(self, key: str) -> bytes:
-        try:
-            body = self._client.get_object(Bucket=self.location.bucket, Key=key)["Body"]
-            # One byte past the cap tells an object that grew since it was listed, without loading all of it.
-            with body:
-                data = body.read(self.max_bytes + 1)
-        except (ClientError, BotoCoreError) as e:
-            if isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") == "NoSuchKey":
-                raise SourceReadError("unreadable: the object was deleted after it was listed") from e
-            reason = storage_error(e, self._client, self.location.bucket, f"reading {self.location.url(key)}")
-            raise SourceReadError(f"unreadable: {reason}") from e
-        if len(data) > self.max_bytes:
-            raise SourceReadError(f"over the size cap: more than {self.max_bytes:,} bytes (grew after listing)")
-        return data
 
 
 def publish(

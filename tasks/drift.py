@@ -6,8 +6,9 @@ The monitor flow measures; the retrain flow merges before it reruns the DVC pipe
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pianola.drift import DriftReport, MonitorSettings, merge_new_pieces
-from pianola.serving.monitor import ServedDrift, check
+from pianola.data.ingest import merge_new_pieces
+from pianola.monitoring.drift import DriftReport, MonitorSettings
+from pianola.monitoring.served import ServedDrift, check
 
 
 @task(name="measure drift", cache_policy=NO_CACHE)

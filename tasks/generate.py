@@ -10,22 +10,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from pianola.errors import PianolaError
+from pianola.generation.generate import generate_batch as pianola_generate_batch
 from tasks import BACKOFF_SECONDS, RETRIES, retry_unless_bad_input
 
-
-@task(name="generate batch", cache_policy=NO_CACHE)
-def generate_batch(model: str, out: str, *, n: int, length: int, strategy: str, temperature: float, top_k: int,
-                   top_p: float, repetition_penalty: float, primer: str, corpus: str, seed: int, tempo: float, wav: bool,
-                   soundfont: str | None, track: bool) -> dict:
-    """What `pianola generate` does: MIDI (and WAV), piano rolls, generation.json, and an MLflow run when `track`.
-
-    Returns the folder, the pieces' MIDI files, the batch summary and the MLflow run id (None untracked).
-    """
-    from pianola.generate import Sampling, generate_batch as run_batch
-
-    result = run_batch(model, out, n=n, length=length, sampling=Sampling(strategy, temperature, top_k, top_p, repetition_penalty),
-                       seed=seed, primer=primer, corpus_dir=corpus, tempo_qpm=tempo, wav=wav, soundfont=soundfont, track=track)
-    return {"out": out, "midi": [str(p.midi) for p in result.pieces], "summary": result.summary, "run_id": result.run_id}
+# What `pianola generate` does: MIDI (and WAV), piano rolls, generation.json, and an MLflow run when `track`.
+generate_batch = task(name="generate batch", cache_policy=NO_CACHE)(pianola_generate_batch)
 
 
 def storage_publisher(s3_uri: str) -> Callable[[str, str], object]:

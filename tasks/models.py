@@ -9,8 +9,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from pianola.evaluation.promotion import Promotion, promote
 from pianola.params import section
-from pianola.tracking import Promotion, promote
 
 
 @task(name="evaluate and promote", cache_policy=NO_CACHE)

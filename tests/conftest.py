@@ -72,8 +72,8 @@ TINY_LSTM = {"embed_dim": 16, "units": 32, "layers": 1}
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Path:
     """A project folder with 8 small MIDI files, timed tokens and sequences (window 16)."""
-    from pianola.corpus import tokenize_corpus
-    from pianola.sequences import build_sequences
+    from pianola.data.corpus import tokenize_corpus
+    from pianola.data.sequences import build_sequences
     from pianola.tokenizers import get_tokenizer
 
     root = tmp_path_factory.mktemp("project")
@@ -134,7 +134,7 @@ def tracking_at(uri: str):
 @pytest.fixture(scope="session")
 def bundle_dir(tiny_project: Path, tmp_path_factory) -> Path:
     """A small `lstm` trained on the tiny project (not registered)."""
-    from pianola.train import preset_config, train
+    from pianola.training.train import preset_config, train
 
     work = tmp_path_factory.mktemp("generate-bundle")
     with tracking_at(f"sqlite:///{work / 'mlflow.db'}"):

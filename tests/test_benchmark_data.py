@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from pianola.benchmark.data import KEYS, LOWEST_PITCH, load_rolls
+from pianola.benchmark.data import load_rolls
 from pianola.errors import PianolaError
-
+from pianola.midi import KEYS, LOWEST_PITCH
 
 
 def cells(*pieces: np.ndarray) -> np.ndarray:

@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 
 from conftest import make_midi, motif_notes
 from pianola.cli import app
-from pianola.corpus import tokenize_corpus
-from pianola.drift import measure_drift, merge_new_pieces, monitor_settings
+from pianola.data.corpus import tokenize_corpus
+from pianola.data.ingest import merge_new_pieces
 from pianola.errors import PianolaError
+from pianola.monitoring.drift import measure_drift, monitor_settings
 from pianola.tokenizers import get_tokenizer
 
 THRESHOLD = 0.5

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import make_midi, motif_notes
-from pianola.bundle import Bundle
-from pianola.corpus import Piece
-from pianola.evaluate import encode_midi, held_out_metrics
+from pianola.data.corpus import Piece
+from pianola.data.sequences import EncodedSplit
+from pianola.data.vocab import Vocabulary
+from pianola.evaluation.heldout import encode_midi, held_out_metrics
 from pianola.models import build_model
-from pianola.sequences import EncodedSplit
-from pianola.vocab import Vocabulary
+from pianola.models.bundle import Bundle
 
 WINDOW = 8
 

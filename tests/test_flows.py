@@ -117,9 +117,15 @@ def flow_env(work: Path, api: str | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def pipeline_run(work: Path, project: Path, api: str) -> dict:
-    """`python -m flows.pipeline` once on the tiny project; its printed result."""
-    done = run([sys.executable, "-m", "flows.pipeline"], project, flow_env(work, api))
-    return json.loads(done.stdout)  # Prefect logs to stderr
+    """`python -m flows.pipeline` once on the tiny project; its printed result. What it printed is kept as bytes in
+    work/pipeline.stdout and work/pipeline.stderr (text=True would have turned carriage returns into newlines)."""
+    args = [sys.executable, "-m", "flows.pipeline"]
+    done = subprocess.run(args, cwd=project, env=flow_env(work, api), capture_output=True, check=False)
+    (work / "pipeline.stdout").write_bytes(done.stdout)
+    (work / "pipeline.stderr").write_bytes(done.stderr)
+    stdout, stderr = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    return json.loads(stdout)  # Prefect logs to stderr
 
 
 def mlflow_client(work: Path) -> MlflowClient:
@@ -146,6 +152,19 @@ def test_pipeline_flow_trains_registers_generates_and_leaves_dvc_clean(
     assert [r["state"]["type"] for r in httpx.post(f"{api}/flow_runs/filter", json=top_level).json()] == ["COMPLETED"]
     artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["pianola-pipeline"]}}}).json()
     assert "version 1 is the first champion" in artifacts[0]["data"]
+    # A quiet run: no traceback, no TensorFlow start-up or telemetry lines, no terminal codes in a pipe...
+    stdout, stderr = ((work / f"pipeline.{name}").read_bytes().decode(errors="replace") for name in ("stdout", "stderr"))
+    for noise in ("Traceback", "\x1b[", "\r", "absl::InitializeLog", "oneDNN custom operations", "Failed to send telemetry"):
+        assert noise not in stdout + stderr, f"{noise!r} in the pipeline's output:\n{stderr[-3000:]}"
+    # ...and a closing summary, last on stderr: the model and its alias, the figures, the files, where to look further.
+    assert "pianola pipeline: done" in stderr
+    summary = stderr[stderr.rindex("pianola pipeline: done"):]
+    assert "pianola version 1, alias champion (promoted)" in summary
+    assert f"cross-entropy {pipeline_run['heldout']['cross_entropy']:.4f} nats/token" in summary
+    assert "perplexity" in summary and "accuracy" in summary and "nll_per_note" in summary
+    assert str(Path("outputs") / "generated" / "piece_000.mid") in summary and "mean OA" in summary
+    assert f"mlflow ui --backend-store-uri sqlite:///{work / 'mlflow.db'} --host 127.0.0.1" in summary
+    assert "pianola serve" in summary and "http://127.0.0.1:8000/" in summary
 
 
 class RetryUnavailable(httpx.HTTPTransport):

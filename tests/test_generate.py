@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_LSTM, make_midi
-from pianola.bundle import Bundle, load_bundle
+from conftest import make_midi
+from pianola.data.vocab import Vocabulary
 from pianola.errors import PianolaError
-from pianola.generate import LSTMStepper, Sampling, generate_ids, generate_pieces, sample_next
+from pianola.generation.generate import generate_ids, generate_pieces
+from pianola.generation.sampling import Sampling, sample_next
 from pianola.models import build_model
-from pianola.vocab import Vocabulary
+from pianola.models.bundle import Bundle, load_bundle
+from pianola.models.inference import LSTMStepper
 
 
 def generate(bundle_dir: Path, tiny_project: Path, out: Path, **kwargs):
@@ -83,7 +85,7 @@ def test_repetition_penalty_makes_recent_tokens_less_likely() -> None:
 
 
 def test_only_pitch_tokens_are_penalised(bundle_dir: Path) -> None:
-    from pianola.generate import pitch_tokens
+    from pianola.generation.generate import pitch_tokens
 
     bundle = load_bundle(bundle_dir)
     mask = dict(zip(bundle.vocab.tokens, pitch_tokens(bundle)))
@@ -158,8 +160,8 @@ def test_generate_command_writes_pieces_report_and_wav(bundle_dir: Path, tiny_pr
     assert {"musicality_oa_ratio", "musicality_min_feature_ratio", "oa_ioi_std"} <= set(metrics)
     # 30 tokens are about 10 notes: too few 8-note n-grams can leave novelty unmeasured, never made up.
     assert ("novelty_copied_share" in metrics) == (report["musicality"]["novelty"]["generated"] is not None)
-    from mlflow.tracking import MlflowClient
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")

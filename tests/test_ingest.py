@@ -19,10 +19,12 @@ import symusic
 
 from conftest import make_midi, scale_notes
 from pianola import io
+from pianola.data.ingest import MANIFEST, ingest, safe_name
+from pianola.data.sources import open_source
+from pianola.data.sources.base import Source, SourceItem, SourceReadError
+from pianola.data.sources.local import Music21Source, music21_to_midi
 from pianola.errors import PianolaError
-from pianola.ingest import MANIFEST, ingest, safe_name
-from pianola.sources import Music21Source, Source, SourceItem, SourceReadError, music21_to_midi, open_source
-from pianola.validate import validate_midi
+from pianola.midi.validate import validate_midi
 
 END_OF_TRACK = bytes.fromhex("00 ff 2f 00")
 ONE_NOTE = bytes.fromhex("00 90 3c 40 83 60 80 3c 00") + END_OF_TRACK  # C4 for a quarter at 480 tpq

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_midi, scale_notes
 
-from pianola.corpus import midi_files
-from pianola.music_metrics import (
+from conftest import make_midi, scale_notes
+from pianola.evaluation.metrics import (
     CorpusReference,
     corpus_reference,
     distinct_ngram_ratio,
-    load_notes,
     longest_repeat,
     piece_metrics,
     pitch_class_distance,
@@ -26,6 +24,8 @@ from pianola.music_metrics import (
     sounding_at_onsets,
     suffix_array,
 )
+from pianola.midi import midi_files
+from pianola.midi.notes import load_notes
 from pianola.tokenizers.timed import TimedTokenizer
 
 

@@ -11,12 +11,18 @@ from typer.testing import CliRunner
 
 from conftest import make_midi
 from pianola.cli import app
+from pianola.data.sequences import split_pieces
 from pianola.errors import PianolaError
-from pianola.music_metrics import load_notes
-from pianola.musicality import (
-    NOTE_LENGTHS, excerpt_features, excerpts, musicality_report, ngram_keys, note_length_classes, notes_of_folder,
+from pianola.evaluation.musicality import (
+    NOTE_LENGTHS,
+    excerpt_features,
+    excerpts,
+    musicality_report,
+    ngram_keys,
+    note_length_classes,
+    notes_of_folder,
 )
-from pianola.sequences import split_pieces
+from pianola.midi.notes import load_notes
 
 Q = 480  # ticks per quarter of the test files
 

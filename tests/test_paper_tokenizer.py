@@ -14,7 +14,11 @@ import symusic
 from conftest import make_midi, scale_notes
 from pianola.errors import PianolaError
 from pianola.tokenizers import get_tokenizer
-from pianola.tokenizers.normal_order import N_SETS, music21_normal_order, normal_order_table
+from pianola.tokenizers.normal_order import (
+    N_SETS,
+    music21_normal_order,
+    normal_order_table,
+)
 from pianola.tokenizers.paper import PaperTokenizer
 from pianola.tokenizers.reference import agreement, music21_tokens
 

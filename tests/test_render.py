@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pytest
 import symusic
-from conftest import make_midi, scale_notes
 
-from pianola import render
+from conftest import make_midi, scale_notes
 from pianola.errors import PianolaError
+from pianola.generation import render
+from pianola.generation.render import (
+    find_soundfont,
+    midi_seconds,
+    render_many,
+    render_wav,
+    wav_info,
+)
 from pianola.midi import load_score
 from pianola.plots import piano_roll
-from pianola.render import find_soundfont, midi_seconds, render_many, render_wav, wav_info
 
 needs_fluidsynth = pytest.mark.skipif(
     shutil.which("fluidsynth") is None or not any(Path(p).is_file() for p in render.KNOWN_SOUNDFONTS),

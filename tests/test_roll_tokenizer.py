@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import make_midi
-from pianola.benchmark.data import KEYS, LOWEST_PITCH, load_rolls
-from pianola.midi import load_score, write_score
+from pianola.benchmark.data import load_rolls
+from pianola.midi import KEYS, LOWEST_PITCH, load_score, write_score
 from pianola.tokenizers import TOKENIZERS, get_tokenizer, tokenizer_from_config
 from pianola.tokenizers.roll import (
     END_OF_FRAME,

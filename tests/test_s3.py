@@ -15,12 +15,22 @@ from pathlib import Path
 import pytest
 
 from conftest import make_midi, scale_notes, wait_until_up
-from fixtures_s3 import s3_bucket, s3_env, s3_server  # noqa: F401 - fixtures, found by pytest among the module's names
-from fixtures_s3 import ACCESS_KEY, SECRET_KEY, STRANGER_KEY, STRANGER_SECRET, SeaweedFS, free_ports
+from fixtures_s3 import (  # noqa: F401 - fixtures, found by pytest among the module's names
+    ACCESS_KEY,
+    SECRET_KEY,
+    STRANGER_KEY,
+    STRANGER_SECRET,
+    SeaweedFS,
+    free_ports,
+    s3_bucket,
+    s3_env,
+    s3_server,
+)
+from pianola.data.ingest import ingest
+from pianola.data.sources import open_source
+from pianola.data.sources.s3 import S3Source
 from pianola.errors import PianolaError
-from pianola.ingest import ingest
-from pianola.sources import open_source
-from pianola.storage import MiB, S3Source, StorageUnreachable, publish, s3_client
+from pianola.storage import MiB, StorageUnreachable, publish, s3_client
 
 BIN = Path(sys.executable).parent
 MLFLOW_START_S = 120
@@ -247,7 +257,9 @@ def test_mlflow_server_keeps_run_artifacts_in_the_bucket(s3_server, s3_bucket, t
     url = f"http://127.0.0.1:{port}"
     try:
         monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        from mlflow import MlflowClient  # imported while the server starts: both take seconds
+        from mlflow import (
+            MlflowClient,  # imported while the server starts: both take seconds
+        )
 
         wait_until_up(server, f"{url}/health", log, MLFLOW_START_S, "mlflow server")
 

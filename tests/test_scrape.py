@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from conftest import make_midi, scale_notes
+from pianola.data.ingest import MANIFEST, ingest
+from pianola.data.sources import open_source
+from pianola.data.sources.web import CACHE_FILE, WebSource, resolve_link, same_site
 from pianola.errors import PianolaError
-from pianola.ingest import MANIFEST, ingest
-from pianola.scrape import CACHE_FILE, WebSource, resolve_link, same_site
-from pianola.sources import open_source
 
 FAST = {"delay": 0.02, "backoff": 0.01, "timeout": 0.5, "retries": 2}  # a polite crawler, sped up for tests
 CAP = 64_000  # the size cap of these tests; every good file is far below it

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pianola.corpus import Piece, write_pieces
+from pianola.data.corpus import Piece, write_pieces
+from pianola.data.sequences import EncodedSplit, build_sequences, split_pieces
+from pianola.data.vocab import UNK, Vocabulary
 from pianola.errors import PianolaError
-from pianola.sequences import EncodedSplit, build_sequences, split_pieces
-from pianola.vocab import UNK, Vocabulary
 
 
 def make_tokens(folder: Path, pieces: dict[str, list[str]]) -> Path:

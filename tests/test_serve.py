@@ -23,15 +23,28 @@ from fastapi.testclient import TestClient
 
 from conftest import free_port, make_midi, motif_notes, stop, wait_until_up
 from pianola import tracking
-from pianola.bundle import load_bundle
-from pianola.drift import monitor_settings
-from pianola.generate import Sampling, generate_ids
-from pianola.serving.app import Service, create_app
-from pianola.serving.composer import Composer, GenerationRequest, Limits, generate_request
-from pianola.serving.monitor import check
-from pianola.serving.pyfunc import register_bundle
 from pianola.errors import BadRequest
-from pianola.serving.store import InferenceLog, PieceStore, log_files, new_piece_id, read_log, repair
+from pianola.generation.generate import generate_ids
+from pianola.generation.sampling import Sampling
+from pianola.models.bundle import load_bundle
+from pianola.monitoring.drift import monitor_settings
+from pianola.monitoring.served import check
+from pianola.serving.app import Service, create_app
+from pianola.serving.composer import (
+    Composer,
+    GenerationRequest,
+    Limits,
+    generate_request,
+)
+from pianola.serving.pyfunc import register_bundle
+from pianola.serving.store import (
+    InferenceLog,
+    PieceStore,
+    log_files,
+    new_piece_id,
+    read_log,
+    repair,
+)
 
 LIMITS = Limits(max_n=4, max_length=400, max_primer_bytes=20_000, max_primer_tokens=500, timeout_s=30)
 

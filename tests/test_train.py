@@ -11,12 +11,14 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY_LSTM as TINY, TINY_WINDOW as WINDOW
-from pianola.bundle import load_bundle
+from conftest import TINY_LSTM as TINY
+from conftest import TINY_WINDOW as WINDOW
+from pianola.data.vocab import Vocabulary
 from pianola.errors import PianolaError
-from pianola.evaluate import encode_midi, evaluate_midi, held_out_metrics
-from pianola.train import preset_config, train
-from pianola.vocab import Vocabulary
+from pianola.evaluation.heldout import encode_midi, evaluate_midi, held_out_metrics
+from pianola.models.bundle import load_bundle
+from pianola.training.train import preset_config, train
+
 
 @pytest.fixture
 def project(tiny_project: Path) -> Path:
@@ -91,7 +93,7 @@ def test_interrupted_training_resumes_from_its_saved_epoch(in_project: Path, tmp
 
 
 def test_champion_moves_only_on_improvement(in_project: Path, tmp_path: Path) -> None:
-    from pianola.tracking import promote
+    from pianola.evaluation.promotion import promote
 
     train("data/sequences", tmp_path / "a", tiny_config(epochs=3, model_options=TINY | {"learning_rate": 3e-3}), verbose=0)
     first = promote("data/raw")
@@ -133,7 +135,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from mlflow.tracking import MlflowClient
-from pianola.train import preset_config, train
+from pianola.training.train import preset_config, train
 config = preset_config("lstm", "demo", epochs=1, model_options={TINY!r})
 result = train("data/sequences", {str(tmp_path / 'bundle')!r}, config, register=False, verbose=0)
 print("DEVICES", MlflowClient().get_run(result.run_id).data.params["devices"])
@@ -155,10 +157,10 @@ def test_paper_model_trains_and_evaluates_on_scalar_inputs(in_project: Path, tmp
 
 
 def test_transposition_moves_whole_windows_and_never_invents_unk() -> None:
-    from pianola.corpus import Piece
-    from pianola.sequences import EncodedSplit
+    from pianola.data.corpus import Piece
+    from pianola.data.sequences import EncodedSplit
     from pianola.tokenizers import get_tokenizer
-    from pianola.train import WindowBatches, transposition_table
+    from pianola.training.train import WindowBatches, transposition_table
 
     tokens = ["note:60", "dur:6"] * 40
     vocab = Vocabulary.build([tokens + ["note:59", "note:61", "note:62"]])  # note:58 is missing

@@ -1,7 +1,7 @@
 """A benchmark model on disk and in MLflow: model.keras + benchmark.json, in one folder.
 
-The folder is logged as a pyfunc model whose `predict` scores pieces (frames of MIDI pitches) with
-their exact NLL per frame, and registered as `pianola-bench-DATASET`.
+The folder is logged as a pyfunc model (`likelihood.RollScorer`) whose `predict` scores pieces (frames of MIDI
+pitches) with their exact NLL per frame, and registered as `pianola-bench-DATASET`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-
-import mlflow
 
 from pianola.errors import PianolaError
 from pianola.io import atomic_folder, atomic_write_json
@@ -60,19 +58,3 @@ def load_benchmark_model(ref: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     return model, meta
 
 
-class RollScorer(mlflow.pyfunc.PythonModel):
-    """The pyfunc face of a benchmark model: a `frames` column of pieces -> their NLL per frame."""
-
-    def load_context(self, context: Any) -> None:
-        self.model, self.meta = load_benchmark_model(context.artifacts["model"])
-
-    def predict(self, context: Any, model_input, params: dict | None = None):
-        import pandas as pd
-
-        from pianola.benchmark.data import roll_of_frames
-        from pianola.benchmark.likelihood import frame_nlls
-
-        rolls = [roll_of_frames([[int(p) for p in frame] for frame in piece], f"piece {i}")
-                 for i, piece in enumerate(model_input["frames"])]
-        nlls = frame_nlls(self.model, rolls)
-        return pd.DataFrame({"frames": [len(n) for n in nlls], "nll_per_frame": [float(n.mean()) for n in nlls]})

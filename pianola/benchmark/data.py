@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 
 from pianola.errors import PianolaError
+from pianola.midi import KEYS, LOWEST_PITCH
 
-LOWEST_PITCH = 21  # A0, the lowest key of a piano
-KEYS = 88  # A0..C8
 SPLITS = ("train", "valid", "test")
 
 MAT_KEYS = {split: f"{split}data" for split in SPLITS}

@@ -10,15 +10,24 @@ The benchmark's figure is the mean over every frame of every piece of a split; t
 convention (Bai et al. 2018) leaves each piece's first frame out.
 """
 
-from __future__ import annotations
-
 import weakref
 from dataclasses import asdict, dataclass
+from typing import Any
 
+import mlflow
 import numpy as np
+import pandas as pd
 
+from pianola.benchmark.bundle import load_benchmark_model
+from pianola.benchmark.data import load_rolls, roll_of_frames
 from pianola.errors import PianolaError
-from pianola.models.roll import GRID, context_width, end_of_frame, start_of_piece, stateful_twin
+from pianola.models.roll import (
+    GRID,
+    context_width,
+    end_of_frame,
+    start_of_piece,
+    stateful_twin,
+)
 
 
 @dataclass(frozen=True)
@@ -138,8 +147,6 @@ def score(model, pieces: list[np.ndarray], split: str, **options) -> FrameScore:
 
 def evaluate_benchmark(model_ref: str, data: str, split: str) -> dict:
     """`pianola benchmark evaluate`: the figures of a trained model on one split of a dataset file."""
-    from pianola.benchmark.bundle import load_benchmark_model
-    from pianola.benchmark.data import load_rolls
 
     dataset = load_rolls(data)
     pieces = dataset.split(split)
@@ -148,3 +155,16 @@ def evaluate_benchmark(model_ref: str, data: str, split: str) -> dict:
     if pieces[0].shape[1] != keys:
         raise PianolaError(f"{data}: its pieces have {pieces[0].shape[1]} keys but the model was trained on {keys}")
     return {"dataset": dataset.name, **score(model, pieces, split).to_json()}
+
+
+class RollScorer(mlflow.pyfunc.PythonModel):
+    """The pyfunc face of a benchmark model: a `frames` column of pieces -> their NLL per frame."""
+
+    def load_context(self, context: Any) -> None:
+        self.model, self.meta = load_benchmark_model(context.artifacts["model"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        rolls = [roll_of_frames([[int(p) for p in frame] for frame in piece], f"piece {i}")
+                 for i, piece in enumerate(model_input["frames"])]
+        nlls = frame_nlls(self.model, rolls)
+        return pd.DataFrame({"frames": [len(n) for n in nlls], "nll_per_frame": [float(n.mean()) for n in nlls]})

@@ -22,12 +22,13 @@ from typing import Any
 import keras
 import numpy as np
 
+from pianola import tracking
 from pianola.benchmark.bundle import registered_name, save_benchmark_model
 from pianola.benchmark.data import load_rolls
-from pianola.benchmark.likelihood import FrameScore, score, serialise
+from pianola.benchmark.likelihood import FrameScore, RollScorer, score, serialise
 from pianola.errors import PianolaError
 from pianola.models.roll import RollLSTMConfig, build_roll_lstm, context_width
-from pianola.train import TimeBudget
+from pianola.training.train import TimeBudget
 
 
 @dataclass(frozen=True)
@@ -220,9 +221,6 @@ def train_benchmark(data: str | Path, out: str | Path, preset_name: str = "best"
         scorer, minutes = fit_and_save()
     else:
         import mlflow
-
-        from pianola import tracking
-        from pianola.benchmark.bundle import RollScorer
 
         tracking.setup(registered_name(dataset.name))
         with mlflow.start_run(run_name=f"roll-lstm-{config.name}") as active:

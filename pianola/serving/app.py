@@ -23,10 +23,17 @@ from pathlib import Path
 import numpy as np
 import symusic
 
-from pianola.drift import note_features
 from pianola.errors import BadRequest, PianolaError
-from pianola.music_metrics import score_notes
-from pianola.serving.composer import Composer, GenerationRequest, Limits, Primer, piece_json
+from pianola.midi.notes import score_notes
+from pianola.models.bundle import load_bundle
+from pianola.monitoring.drift import note_features
+from pianola.serving.composer import (
+    Composer,
+    GenerationRequest,
+    Limits,
+    Primer,
+    piece_json,
+)
 from pianola.serving.engine import Engine, EngineClosed
 from pianola.serving.store import KINDS, InferenceLog, PieceStore, new_piece_id
 
@@ -85,7 +92,6 @@ class Service:
             self.poller.start()
 
     def _deploy(self, uri: str, version: str) -> Deployment:
-        from pianola.bundle import load_bundle
 
         bundle = load_bundle(uri)
         return Deployment(uri, version, Composer(bundle, version, self.limits), Engine(bundle, self.max_rows))

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pianola.bundle import Bundle
 from pianola.errors import BadRequest, PianolaError
-from pianola.generate import Composition, Sampling, compose, primer_ids
-from pianola.validate import validate_midi
+from pianola.generation.generate import Composition, compose, generate_ids, primer_ids
+from pianola.generation.sampling import Sampling
+from pianola.midi.validate import validate_midi
+from pianola.models.bundle import Bundle
 
 SETTINGS = ("n", "length", "strategy", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
 
@@ -217,7 +218,6 @@ class Composer:
 
 def generate_request(composer: Composer, request: GenerationRequest) -> tuple[Primer, list[Composition]]:
     """Serve one request in this thread (the pyfunc model): primer, generation, pieces."""
-    from pianola.generate import generate_ids
 
     primer = composer.primer(request)
     ids = generate_ids(composer.bundle, primer.ids, request.length, request.sampling, request.seed)

@@ -15,9 +15,10 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from pianola.bundle import Bundle
 from pianola.errors import PianolaError
-from pianola.generate import Sampling, Stream, piece_rng
+from pianola.generation.generate import Stream, piece_rng
+from pianola.generation.sampling import Sampling
+from pianola.models.bundle import Bundle
 
 log = logging.getLogger(__name__)
 

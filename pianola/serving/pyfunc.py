@@ -10,8 +10,6 @@ generation settings travel as inference params (see `signature`). Each piece com
 the input row it answers, its index, its MIDI in base64, its tokens and its metrics.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,13 @@ from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec
 
 from pianola import tracking
 from pianola.errors import BadRequest
-from pianola.serving.composer import Composer, GenerationRequest, generate_request, piece_json
+from pianola.models.bundle import load_bundle
+from pianola.serving.composer import (
+    Composer,
+    GenerationRequest,
+    generate_request,
+    piece_json,
+)
 
 PARAM_TYPES = {"n": DataType.long, "length": DataType.long, "strategy": DataType.string, "temperature": DataType.double,
                "top_k": DataType.long, "top_p": DataType.double, "repetition_penalty": DataType.double,
@@ -61,7 +65,6 @@ class ComposerModel(mlflow.pyfunc.PythonModel):
     """Generates pieces from the bundle logged as the artifact `bundle`."""
 
     def load_context(self, context: Any) -> None:
-        from pianola.bundle import load_bundle
 
         bundle = load_bundle(context.artifacts["bundle"])
         self.composer = Composer(bundle, f"run:{bundle.info.get('run_id', 'unknown')}")

@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pianola.errors import BadRequest, PianolaError
+from pianola.generation.render import render_wav
 from pianola.io import atomic_write_bytes, atomic_write_json
+from pianola.plots import piano_roll
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +83,9 @@ class PieceStore:
 
     def _render(self, midi: Path, target: Path, kind: str) -> None:
         if kind == "png":
-            from pianola.plots import piano_roll
 
             piano_roll(midi, target, title=f"piece {midi.stem[:8]}")
             return
-        from pianola.render import render_wav
 
         try:
             render_wav(midi, target)

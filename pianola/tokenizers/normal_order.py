@@ -2,7 +2,7 @@
 
 music21 computes a chord's normal order from Forte set tables; rather than reimplement those rules,
 `python -m pianola.tokenizers.normal_order` asks music21 once for all 4095 non-empty sets and
-writes pianola/data/normal_order.json, which `normal_order_table()` loads without music21.
+writes pianola/tokenizers/normal_order.json, which `normal_order_table()` loads without music21.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import json
 from functools import cache
 from pathlib import Path
 
-TABLE_PATH = Path(__file__).resolve().parents[1] / "data" / "normal_order.json"
+from pianola.io import atomic_write_json
+
+TABLE_PATH = Path(__file__).resolve().parent / "normal_order.json"
 N_SETS = 1 << 12  # pitch-class sets as 12-bit masks: bit pc is set when pitch class pc sounds
 
 
@@ -54,10 +56,8 @@ def normal_order_table() -> tuple[str, ...]:
 
 
 def main() -> None:
-    """Regenerate pianola/data/normal_order.json from music21."""
+    """Regenerate pianola/tokenizers/normal_order.json from music21."""
     from music21 import VERSION_STR
-
-    from pianola.io import atomic_write_json
 
     atomic_write_json(
         TABLE_PATH,

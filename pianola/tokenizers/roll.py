@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import symusic
 
-from pianola.benchmark.data import KEYS, LOWEST_PITCH
-from pianola.midi import PIANO_PROGRAM, load_score
+from pianola.midi import KEYS, LOWEST_PITCH, PIANO_PROGRAM, load_score
 from pianola.tokenizers.base import Tokenizer
 from pianola.tokenizers.timed import TICKS_PER_QUARTER_OUT
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from pianola.data.vocab import Vocabulary
 from pianola.errors import PianolaError
 from pianola.io import atomic_folder, atomic_write_json
+from pianola.models import model_spec, step_model
 from pianola.tokenizers import tokenizer_from_config
 from pianola.tokenizers.base import Tokenizer
-from pianola.vocab import Vocabulary
 
 BUNDLE_FILE = "bundle.json"
 MODEL_FILE = "model.keras"
@@ -45,7 +46,6 @@ class Bundle:
     def step_model(self) -> Any:
         """The step-by-step twin of an `lstm` model (see pianola.models.step_model), built once."""
         if self._step is None:
-            from pianola.models import step_model
 
             self._step = step_model(self.model)
         return self._step
@@ -108,8 +108,6 @@ def load_bundle(ref: str | os.PathLike) -> Bundle:
             f"(fingerprint {vocab.fingerprint[:12]} != {str(meta.get('vocab_fingerprint'))[:12]})"
         )
     import keras
-
-    from pianola.models import model_spec
 
     try:
         model = keras.saving.load_model(folder / MODEL_FILE)

@@ -12,6 +12,7 @@ import symusic
 MAX_VLQ_BYTES = 4  # the MIDI spec caps variable-length quantities at 4 bytes (0x0FFFFFFF)
 DRUM_CHANNEL = 10  # as musicians count channels (9 counting from 0)
 SNIFF_BYTES = 512  # enough of the start to tell text from binary
+DEFAULT_MAX_BYTES = 4_000_000  # the size cap of a MIDI file, unless ingest is told otherwise
 
 
 class _Corrupt(Exception):

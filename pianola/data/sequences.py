@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pianola.corpus import Piece, read_pieces
+from pianola.data.corpus import Piece, read_pieces
+from pianola.data.vocab import Vocabulary
 from pianola.errors import PianolaError
 from pianola.io import atomic_path, atomic_write_json
-from pianola.vocab import Vocabulary
 
 SPLITS = ("train", "valid")
 

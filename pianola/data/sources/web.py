@@ -24,9 +24,10 @@ from urllib.robotparser import RobotFileParser
 
 import httpx
 
+from pianola.data.sources.base import MIDI_SUFFIXES, Source, SourceItem
 from pianola.errors import PianolaError
 from pianola.io import atomic_write_json
-from pianola.sources import DEFAULT_MAX_BYTES, MIDI_SUFFIXES, Source, SourceItem
+from pianola.midi.validate import DEFAULT_MAX_BYTES
 
 CACHE_FILE = ".scrape-cache.json"  # in the output folder: validators for conditional requests
 MANIFEST = "manifest.json"  # ingest's, read to find the files a previous run already has

@@ -13,170 +13,30 @@ from pathlib import Path
 import numpy as np
 import symusic
 
-from pianola.bundle import Bundle, load_bundle
 from pianola.errors import PianolaError
-from pianola.music_metrics import CorpusReference, corpus_reference, piece_metrics, score_notes
-from pianola.musicality import MusicalityReport, musicality_report, notes_of_folder
+from pianola.evaluation.heldout import encode_midi
+from pianola.evaluation.metrics import CorpusReference, corpus_reference, piece_metrics
+from pianola.evaluation.musicality import (
+    MusicalityReport,
+    distance_densities,
+    musicality_report,
+    notes_of_folder,
+)
+from pianola.generation.render import find_fluidsynth, find_soundfont, render_wav
+from pianola.generation.sampling import (
+    REPETITION_WINDOW,
+    RowSampling,
+    Sampling,
+    sample_rows,
+)
+from pianola.io import atomic_write_json
+from pianola.midi import midi_files, write_score
+from pianola.midi.notes import score_notes
+from pianola.models.bundle import Bundle, load_bundle
+from pianola.models.inference import LSTMStepper, next_token_probs
+from pianola.plots import piano_roll
 
-STRATEGIES = ("greedy", "temperature", "top_k", "top_p")
-REPETITION_WINDOW = 8  # generated tokens the repetition penalty looks back on
 MUSICALITY_PLOT = "musicality.png"
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the next token is drawn from the model's distribution."""
-
-    strategy: str = "top_p"
-    temperature: float = 1.0
-    top_k: int = 20
-    top_p: float = 0.95  # wide enough that a piece does not settle into a loop (bench/music.py)
-    # A pitch token's probability is divided by this once for each time it is among the last
-    # REPETITION_WINDOW generated tokens: without it, one piece in twenty settles on a pedal
-    # note for most of its length (bench/music.py). 1.0 turns it off.
-    repetition_penalty: float = 1.3
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise PianolaError(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-        if self.temperature <= 0:
-            raise PianolaError(f"temperature must be positive, got {self.temperature}")
-        if self.top_k < 1:
-            raise PianolaError(f"top-k must be at least 1, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise PianolaError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty < 1:
-            raise PianolaError(f"repetition penalty must be at least 1 (1: off), got {self.repetition_penalty}")
-
-
-def sample_next(
-    probs: np.ndarray, sampling: Sampling, rng: np.random.Generator, recent: np.ndarray | None = None,
-    penalised: np.ndarray | None = None,
-) -> np.ndarray:
-    """(B,) token ids drawn from (B, V) probabilities, every row with the same `sampling`; see `sample_rows`."""
-    return sample_rows(probs, RowSampling.of([sampling] * len(probs)), rng.random(len(probs)), recent, penalised)
-
-
-@dataclass(frozen=True)
-class RowSampling:
-    """One `Sampling` per row of a batch, as arrays: rows of one batch may ask for different strategies."""
-
-    greedy: np.ndarray  # (B,) bool
-    temperature: np.ndarray  # (B,) float
-    top_k: np.ndarray  # (B,) int, 0 where the row's strategy is not top_k
-    top_p: np.ndarray  # (B,) float, 1.0 where the row's strategy is not top_p
-    penalty: np.ndarray  # (B,) float
-
-    @classmethod
-    def of(cls, samplings: list[Sampling]) -> RowSampling:
-        return cls(
-            np.array([s.strategy == "greedy" for s in samplings], dtype=bool),
-            np.array([s.temperature for s in samplings], dtype=np.float64),
-            np.array([s.top_k if s.strategy == "top_k" else 0 for s in samplings], dtype=np.int64),
-            np.array([s.top_p if s.strategy == "top_p" else 1.0 for s in samplings], dtype=np.float64),
-            np.array([s.repetition_penalty for s in samplings], dtype=np.float64),
-        )
-
-
-def sample_rows(
-    probs: np.ndarray, rows: RowSampling, draws: np.ndarray, recent: np.ndarray | None = None,
-    penalised: np.ndarray | None = None,
-) -> np.ndarray:
-    """(B,) token ids drawn from (B, V) probabilities, row b by its own settings in `rows` and its uniform
-    draw `draws[b]` in [0, 1); `<unk>` (id 0) is never drawn.
-
-    `recent` (B, R) holds the ids each row generated last (-1: none yet), which the repetition penalty makes
-    less likely; `penalised` (V,) bool limits it to some tokens (all, when None).
-    """
-    p = np.asarray(probs, dtype=np.float64).copy()  # (B, V)
-    batch, vocab = p.shape
-    index = np.arange(batch)
-    if recent is not None and (rows.penalty != 1.0).any():
-        for column in range(recent.shape[1]):
-            ids = recent[:, column]  # (B,)
-            valid = ids >= 0
-            ids = np.where(valid, ids, 0)
-            hit = valid if penalised is None else valid & penalised[ids]
-            p[index, ids] /= np.where(hit, rows.penalty, 1.0)
-    p[:, 0] = 0.0
-    if (rows.temperature != 1.0).any():
-        exponent = (1.0 / rows.temperature)[:, None]  # (B, 1)
-        p = np.power(np.maximum(p, 1e-300), exponent) * (p > 0)
-    if (rows.top_k > 0).any() or (rows.top_p < 1.0).any():
-        sorted_p = -np.sort(-p, axis=1)  # (B, V), most likely first
-        # top-k: every token at least as likely as the k-th most likely one.
-        kth = sorted_p[index, np.clip(rows.top_k, 1, vocab) - 1]  # (B,)
-        # top-p: the smallest prefix whose mass reaches top_p ends at the first position where it does;
-        # every token at least as likely as that one stays (values, not positions: no argsort needed).
-        cumulative = np.cumsum(sorted_p, axis=1) / sorted_p.sum(axis=1, keepdims=True)
-        last = np.minimum((cumulative < rows.top_p[:, None]).sum(axis=1), vocab - 1)  # (B,)
-        floor = np.where(rows.top_k > 0, kth, np.where(rows.top_p < 1.0, sorted_p[index, last], 0.0))
-        p = np.where(p >= floor[:, None], p, 0.0)
-    cumulative = np.cumsum(p, axis=1)  # (B, V)
-    drawn = np.minimum((cumulative < (draws * cumulative[:, -1])[:, None]).sum(axis=1), vocab - 1)
-    return np.where(rows.greedy, p.argmax(axis=1), drawn)
-
-
-class LSTMStepper:
-    """The `lstm` model's forward pass for one token, in NumPy, carrying (h, c) for every layer.
-
-    Generation is a long chain of tiny steps, where a framework's per-call overhead costs more
-    than the arithmetic; a NumPy step is a few matrix products. Tested against the Keras step model.
-    """
-
-    def __init__(self, model) -> None:
-        import keras
-
-        self.embedding = np.asarray(model.get_layer("embed").embeddings, dtype=np.float32)  # (V, E)
-        self.layers = []
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.LSTM):
-                kernel, recurrent, bias = (np.asarray(w, dtype=np.float32) for w in layer.get_weights())
-                # One product per step: [x, h] @ [[kernel], [recurrent]]  -> (B, 4H), gates i, f, c, o.
-                self.layers.append((np.concatenate([kernel, recurrent]), bias, layer.units))
-        dense = model.get_layer("logits")
-        self.out_kernel, self.out_bias = (np.asarray(w, dtype=np.float32) for w in dense.get_weights())
-
-    def zero_state(self, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(np.zeros((batch, units), np.float32), np.zeros((batch, units), np.float32)) for _, _, units in self.layers]
-
-    def step(self, ids: np.ndarray, state: list[tuple[np.ndarray, np.ndarray]]):
-        """Feed (B,) ids: (probs of the next token (B, V), the new state)."""
-        x = self.embedding[ids]  # (B, E)
-        new_state = []
-        for (weights, bias, units), (h, c) in zip(self.layers, state):
-            z = np.concatenate([x, h], axis=1) @ weights + bias  # (B, 4H)
-            i = _sigmoid(z[:, :units])
-            f = _sigmoid(z[:, units : 2 * units])
-            g = np.tanh(z[:, 2 * units : 3 * units])
-            o = _sigmoid(z[:, 3 * units :])
-            c = f * c + i * g  # (B, H)
-            h = o * np.tanh(c)  # (B, H)
-            new_state.append((h, c))
-            x = h
-        logits = x @ self.out_kernel + self.out_bias  # (B, V)
-        logits -= logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(axis=1, keepdims=True), new_state
-
-    def run(self, primers: np.ndarray):
-        """Feed (B, T) primers: (probs after the last token, state)."""
-        state = self.zero_state(len(primers))
-        probs = None
-        for t in range(primers.shape[1]):
-            probs, state = self.step(primers[:, t], state)
-        return probs, state
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # = 1 / (1 + e^-x), without overflow
-
-
-def pitch_tokens(bundle: Bundle) -> np.ndarray:
-    """(V,) bool: the tokens that carry a pitch (those a transposition moves), which the repetition penalty
-    applies to. Time shifts and durations repeat in any steady rhythm: penalising them breaks the rhythm."""
-    tokenizer = bundle.tokenizer
-    return np.array([tokenizer.transpose(token, 1) != token for token in bundle.vocab.tokens])
 
 
 class LSTMDecoder:
@@ -214,7 +74,6 @@ class WindowDecoder:
         return windows.astype(np.int32), primers[:, -1:]
 
     def step(self, ids: np.ndarray, state):
-        from pianola.evaluate import next_token_probs
 
         windows = np.concatenate([state[:, 1:], ids[:, None].astype(np.int32)], axis=1)  # (B, T)
         return next_token_probs(self.bundle, windows), windows
@@ -342,8 +201,6 @@ class Stream:
 
 def random_primers(bundle: Bundle, corpus_dir: str | os.PathLike, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """n random windows of the training corpus (validation pieces excluded), as the paper primed."""
-    from pianola.corpus import midi_files
-    from pianola.evaluate import encode_midi
 
     held_out = set(bundle.info.get("valid_pieces", []))
     names = [p.name for p in midi_files(corpus_dir) if p.name not in held_out]
@@ -471,13 +328,10 @@ def generate_pieces(
 ) -> Batch:
     """Generate n pieces of `length` tokens into `out_dir`: MIDI, piano-roll PNG, metrics, WAV when asked, and
     their musicality against the bundle's validation pieces found in `corpus_dir`."""
-    from pianola.midi import write_score
-    from pianola.plots import piano_roll
 
     if n < 1 or length < 1:
         raise PianolaError(f"--n and --length must be at least 1 (got {n} and {length})")
     if wav:
-        from pianola.render import find_fluidsynth, find_soundfont
 
         find_fluidsynth()  # fail before generating, not after
         soundfont = str(find_soundfont(soundfont))
@@ -499,7 +353,6 @@ def generate_pieces(
         piano_roll(piece.midi, piece.piano_roll, title=f"{name} (primer {piece.primer})")
         notes[name] = composition.notes
         if wav:
-            from pianola.render import render_wav
 
             piece.wav = render_wav(piece.midi, out_dir / f"{name}.wav", soundfont=soundfont)
         pieces.append(piece)
@@ -509,7 +362,6 @@ def generate_pieces(
 def musicality_against_held_out(generated: dict[str, np.ndarray], corpus: HeldOutSplit, plot: Path, seed: int):
     """The musicality report of `generated` against the validation pieces, its plot at `plot`; None when the
     corpus folder holds none of them (another corpus than the bundle's) or no generated piece has a note."""
-    from pianola.plots import distance_densities
 
     if not corpus.validation or not any(len(notes) for notes in generated.values()):
         return None
@@ -522,7 +374,6 @@ def write_report(batch: Batch, out_dir: str | os.PathLike, settings: dict,
                  metrics_path: str | os.PathLike | None = None) -> dict:
     """generation.json in `out_dir` (settings, per-piece metrics, musicality) and the batch summary, also to
     `metrics_path`."""
-    from pianola.io import atomic_write_json
 
     summary = summarize(batch.pieces) | (batch.musicality.metrics() if batch.musicality else {})
     atomic_write_json(Path(out_dir) / "generation.json", {
@@ -565,3 +416,10 @@ def generate_batch(model: str, out_dir: str | os.PathLike, *, n: int, length: in
 
         run_id = log_generation(Path(out_dir), settings, summary)
     return BatchResult(Path(out_dir), batch.pieces, settings, summary, run_id)
+
+
+def pitch_tokens(bundle: Bundle) -> np.ndarray:
+    """(V,) bool: the tokens that carry a pitch (those a transposition moves), which the repetition penalty
+    applies to. Time shifts and durations repeat in any steady rhythm: penalising them breaks the rhythm."""
+    tokenizer = bundle.tokenizer
+    return np.array([tokenizer.transpose(token, 1) != token for token in bundle.vocab.tokens])

@@ -25,18 +25,15 @@ Definitions:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import symusic
 from scipy.special import rel_entr
 
 from pianola.errors import PianolaError
-from pianola.midi import load_score
-from pianola.plots import PITCH_CLASS_NAMES
+from pianola.midi.notes import PITCH_CLASS_NAMES, TIME_DECIMALS
 
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
 HARMONIC_MINOR = (0, 2, 3, 5, 7, 8, 11)
@@ -44,36 +41,7 @@ SCALE_NAMES = [f"{PITCH_CLASS_NAMES[tonic]} {mode}" for mode in ("major", "minor
 SCALE_MASKS = np.array(
     [[(pc - tonic) % 12 in steps for pc in range(12)] for steps in (MAJOR, HARMONIC_MINOR) for tonic in range(12)]
 )  # (24, 12)
-# Onsets and note ends are compared on this grid (in quarters), so that a note ending exactly
-# where the next begins does not count as still sounding through floating-point error.
-TIME_DECIMALS = 6
 SPREAD_PERCENTILES = {"min": 0, "p5": 5, "p25": 25, "median": 50, "p75": 75, "p95": 95, "max": 100}
-
-
-def score_notes(score: symusic.Score) -> np.ndarray:
-    """(N, 3) float64 (onset quarters, duration quarters, pitch) of every pitched note, sorted.
-
-    A pitch struck twice at the same onset (both hands, or doubled tracks) is one key on a
-    piano: it is kept once, with its longest duration.
-    """
-    parts = [t.notes.numpy() for t in score.tracks if not t.is_drum and len(t.notes)]
-    if not parts:
-        return np.zeros((0, 3))
-    # From ticks, in float64: symusic's own quarter unit is float32, too coarse late in long pieces.
-    tpq = float(score.ticks_per_quarter)
-    onset = np.concatenate([p["time"] for p in parts]) / tpq
-    duration = np.concatenate([p["duration"] for p in parts]) / tpq
-    pitch = np.concatenate([p["pitch"] for p in parts]).astype(np.float64)
-    order = np.lexsort((-duration, pitch, onset))
-    notes = np.stack([onset[order], duration[order], pitch[order]], axis=1)
-    first = np.ones(len(notes), dtype=bool)
-    first[1:] = (notes[1:, 0] != notes[:-1, 0]) | (notes[1:, 2] != notes[:-1, 2])
-    return notes[first]
-
-
-def load_notes(midi_path: str | os.PathLike) -> np.ndarray:
-    """The notes of a MIDI file, as `score_notes`."""
-    return score_notes(load_score(midi_path))
 
 
 def pitch_class_counts(notes: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 From the inference log of `pianola serve`:
 - input drift: the primers users sent (their notes' features, as the log keeps them) against the training
-  corpus, by the Wasserstein distance of `pianola.drift`;
+  corpus, by the Wasserstein distance of `pianola.monitoring.drift`;
 - prediction drift: the pieces the service generated against pieces the same model version generates from
   the training windows its bundle keeps, replaying the served requests' own settings and lengths, so that
   only where the pieces started differs.
@@ -20,10 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from pianola.drift import DriftReport, MonitorSettings, PieceSet, check_drift, compare, load_piece_set, note_features
 from pianola.errors import PianolaError
+from pianola.generation.generate import compose, generate_each, piece_rng
+from pianola.generation.sampling import Sampling
 from pianola.io import atomic_write_json
-from pianola.generate import Sampling, compose, generate_each, piece_rng
+from pianola.models.bundle import load_bundle
+from pianola.monitoring.drift import (
+    DriftReport,
+    MonitorSettings,
+    PieceSet,
+    check_drift,
+    compare,
+    load_piece_set,
+    note_features,
+)
 from pianola.serving.store import read_log
 
 SAMPLING_FIELDS = ("strategy", "temperature", "top_k", "top_p", "repetition_penalty")
@@ -136,7 +146,6 @@ def features_of(logged: dict[str, list[float]]) -> dict[str, np.ndarray]:
 def replay(uri: str, settings: list[dict], n: int, seed: int) -> list[dict[str, np.ndarray]]:
     """The features of `n` pieces the model at `uri` generates from its training primers, each with the
     settings and length of a served piece drawn at random (`seed`)."""
-    from pianola.bundle import load_bundle
 
     bundle = load_bundle(uri)
     if bundle.primers is None or not len(bundle.primers):

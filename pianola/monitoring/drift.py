@@ -26,7 +26,6 @@ middle C and hide the very register shifts drift must see; chords are counted an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -35,10 +34,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wasserstein_distance
 
-from pianola.corpus import MIDI_SUFFIXES, TOKENS_FILE, midi_files, read_pieces
+from pianola.data.corpus import TOKENS_FILE, read_pieces
 from pianola.errors import PianolaError
-from pianola.io import atomic_write_bytes, atomic_write_json
-from pianola.music_metrics import TIME_DECIMALS, load_notes, score_notes
+from pianola.io import atomic_write_json
+from pianola.midi import MIDI_SUFFIXES, midi_files
+from pianola.midi.notes import TIME_DECIMALS, load_notes, score_notes
 from pianola.params import section
 from pianola.tokenizers import tokenizer_from_config
 from pianola.tokenizers.paper import NOTE_TOKENS
@@ -354,46 +354,10 @@ def compare(ref: PieceSet, cur: PieceSet, *, threshold: float, features: list[st
 
 def check_drift(settings: MonitorSettings) -> DriftReport:
     """Measure drift of `current` as `settings` say and write the report to `settings.out` (when set);
-    `pianola.serving.monitor.check` also covers `settings.served`."""
+    `pianola.monitoring.served.check` also covers `settings.served`."""
     report = measure_drift(settings.reference, settings.current, threshold=settings.threshold, features=settings.features)
     if settings.out:
         atomic_write_json(settings.out, report.to_json())
     return report
 
 
-def merge_new_pieces(current: str | os.PathLike, source: str | os.PathLike) -> list[Path]:
-    """Copy the MIDI files of `current` into the corpus source folder, under `<source>/<current's name>/`.
-
-    Retraining starts here: the next ingest reads them with the rest. A file already there with the
-    same bytes is left alone; a different file of the same name gets the content's hash in its name,
-    so a piece already in the corpus is never overwritten. Returns the files written.
-    """
-    current, source_dir = Path(current), Path(source)
-    if not str(source) or not source_dir.is_dir():  # Path("") is the working directory
-        raise PianolaError(
-            f"the corpus source {str(source)!r} is not a folder: retraining adds the new pieces to a folder "
-            "source; set ingest.source in params.yaml to a folder of MIDI files"
-        )
-    if current.is_file() and current.suffix.lower() in MIDI_SUFFIXES:
-        files = [current]
-    elif current.is_dir():
-        files = midi_files(current)
-    else:
-        files = []
-    if not files:
-        raise PianolaError(f"{current}: no MIDI files to add to the corpus; retraining needs a folder of MIDI files")
-    here, corpus = current.resolve(), source_dir.resolve()
-    if here == corpus or corpus in here.parents:
-        return []  # already part of the corpus source
-    target = source_dir / (here.parent.name if current.is_file() else here.name)
-    written = []
-    for file in files:
-        data = file.read_bytes()
-        dest = target / file.name
-        if dest.exists() and dest.read_bytes() != data:
-            dest = target / f"{file.stem}-{hashlib.sha256(data).hexdigest()[:8]}{file.suffix}"
-        if dest.exists():
-            continue  # the same bytes are already in the corpus
-        atomic_write_bytes(dest, data)
-        written.append(dest)
-    return written

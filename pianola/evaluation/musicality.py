@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 
 from pianola.errors import PianolaError
-from pianola.music_metrics import TIME_DECIMALS
+from pianola.midi import midi_files
+from pianola.midi.notes import TIME_DECIMALS, load_notes
+from pianola.plots import pyplot, save_figure
 
 EXCERPT_QUARTERS = 64.0  # 16 bars of 4/4: long enough for a phrase, short enough for many per piece
 NGRAM = 8
@@ -365,8 +367,6 @@ def musicality_report(
 
 def notes_of_folder(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     """name -> notes of the MIDI files of `folder`; an unreadable file is an error that names it."""
-    from pianola.corpus import midi_files
-    from pianola.music_metrics import load_notes
 
     pieces = {}
     for path in midi_files(folder):
@@ -377,3 +377,25 @@ def notes_of_folder(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     if not pieces:
         raise PianolaError(f"{Path(folder)}: no MIDI files")
     return pieces
+
+
+def distance_densities(result: MusicalityReport, path: str | os.PathLike, title: str | None = None) -> None:
+    """One panel per feature: the intra-set density, the generated and the human inter-set densities."""
+    plt = pyplot()
+    columns = 4
+    rows = -(-len(FEATURES) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows))
+    for ax, (name, feature) in zip(axes.ravel(), FEATURES.items()):
+        gen, human = result.generated[name], result.human[name]
+        row = result.report["features"][name]
+        ax.plot(gen.grid, gen.intra, color="black", label="reference (intra-set)")
+        ax.plot(gen.grid, gen.inter, color="tab:red", label=f"generated, OA {row['generated']['oa']:.2f}")
+        ax.plot(human.grid, human.inter, color="tab:blue", linestyle="--", label=f"human, OA {row['human']['oa']:.2f}")
+        ax.set_title(feature.label, fontsize=9)
+        ax.set_xlabel("distance", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(FEATURES):]:
+        ax.axis("off")
+    fig.suptitle(title or "Distance densities per feature (Yang & Lerch 2018)")
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -17,10 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pianola.bundle import Bundle
-from pianola.corpus import midi_files
+from pianola.data.corpus import Piece
+from pianola.data.sequences import EncodedSplit
 from pianola.errors import PianolaError
-from pianola.sequences import EncodedSplit
+from pianola.io import atomic_write_text
+from pianola.midi import midi_files
+from pianola.midi.notes import load_notes
+from pianola.models.bundle import Bundle
+from pianola.models.inference import next_token_probs
 
 _EPS = 1e-12  # a float32 softmax can round a probability to 0
 
@@ -46,18 +50,6 @@ class HeldOutMetrics:
         if self.nll_per_note is not None:
             line += f"; {self.nll_per_note:.4f} nats/note over {self.notes:,} notes"
         return line
-
-
-def next_token_probs(bundle: Bundle, windows: np.ndarray) -> np.ndarray:
-    """(B, V) probabilities of the token after each (B, window) window of ids."""
-    if bundle.input_kind == "tokens":
-        from pianola.models import advance, zero_states
-
-        step = bundle.step_model()
-        probs, _ = advance(step, windows, zero_states(step, len(windows)))
-        return probs
-    x = (windows[:, :, None] / len(bundle.vocab)).astype("float32")  # (B, T, 1), the paper's scalar input
-    return np.asarray(bundle.model.predict_on_batch(x))
 
 
 def held_out_metrics(bundle: Bundle, split: EncodedSplit, *, batch_size: int = 512) -> HeldOutMetrics:
@@ -117,7 +109,6 @@ def opening_nll(bundle: Bundle, split: EncodedSplit) -> tuple[float, int]:
 
 def encode_midi(bundle: Bundle, midi_dir: str | os.PathLike, pieces: list[str] | None = None) -> EncodedSplit:
     """The MIDI files of `midi_dir` (only `pieces`, when given) in the bundle's own tokenizer and vocabulary."""
-    from pianola.corpus import Piece
 
     files = midi_files(midi_dir)
     if pieces is not None:
@@ -128,7 +119,6 @@ def encode_midi(bundle: Bundle, midi_dir: str | os.PathLike, pieces: list[str] |
         files = [p for p in files if p.name in wanted]
     if not files:
         raise PianolaError(f"{midi_dir}: no MIDI files to evaluate")
-    from pianola.music_metrics import load_notes
 
     tokenizer = bundle.tokenizer
     encoded = []
@@ -160,7 +150,6 @@ def validation_pieces(sequences_dir: str | os.PathLike) -> list[str]:
 
 def write_training_curves(bundle: Bundle, path: str | os.PathLike) -> None:
     """The bundle's per-epoch losses as CSV (epoch, loss, val_loss, accuracy, val_accuracy), for DVC plots."""
-    from pianola.io import atomic_write_text
 
     columns = ["epoch", "loss", "val_loss", "accuracy", "val_accuracy"]
     lines = [",".join(columns)]

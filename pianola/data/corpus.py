@@ -17,8 +17,8 @@ import numpy as np
 
 from pianola.errors import PianolaError
 from pianola.io import atomic_path, atomic_write_json
-from pianola.midi import load_score
-from pianola.music_metrics import score_notes
+from pianola.midi import load_score, midi_files
+from pianola.midi.notes import score_notes
 from pianola.plots import PlotWorker
 from pianola.tokenizers.base import Tokenizer
 
@@ -46,16 +46,6 @@ class TokenizeReport:
         if self.skipped:
             line += f"; skipped {len(self.skipped)} unreadable file(s)"
         return line
-
-
-def midi_files(folder: str | os.PathLike) -> list[Path]:
-    """The MIDI files directly in `folder`, sorted by name (symlinks are not followed)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PianolaError(f"{folder}: no such folder; run `pianola ingest` first or pass --in")
-    return sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in MIDI_SUFFIXES and p.is_file() and not p.is_symlink()
-    )
 
 
 def write_pieces(path: str | os.PathLike, pieces: list[Piece]) -> None:

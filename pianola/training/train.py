@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +20,17 @@ from typing import Any
 import keras
 import numpy as np
 
-from pianola.bundle import Bundle, training_primers
+from pianola import tracking
+from pianola.data.sequences import EncodedSplit
+from pianola.data.vocab import Vocabulary
 from pianola.errors import PianolaError
-from pianola.evaluate import held_out_metrics
+from pianola.evaluation.heldout import held_out_metrics
 from pianola.io import atomic_write_json
 from pianola.models import build_model, model_spec, windows_to_xy
-from pianola.sequences import EncodedSplit
+from pianola.models.bundle import Bundle, training_primers
+from pianola.plots import training_curves
 from pianola.serving.pyfunc import register_bundle
-from pianola.vocab import Vocabulary
+from pianola.tokenizers import tokenizer_from_config
 
 PRESETS = ("demo", "paper", "best")
 
@@ -216,6 +220,15 @@ class TrainResult:
         return line + (f"; registered pianola version {self.version} as candidate" if self.version else "")
 
 
+def fit_verbosity() -> int:
+    """Keras `verbose` for the training output: its progress bar on a terminal, else one plain line per epoch (2).
+
+    Keras redraws the bar with ANSI codes, backspaces and carriage returns wherever it runs on POSIX, even into a
+    file or a pipe, so `pianola train > log` (and a DVC stage, a flow's log) would hold them.
+    """
+    return 1 if getattr(sys.stdout, "isatty", lambda: False)() else 2
+
+
 def train(
     sequences_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -223,18 +236,16 @@ def train(
     *,
     work_dir: str | os.PathLike = "models/.work",
     register: bool = True,
-    verbose: int = 1,
+    verbose: int | None = None,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> TrainResult:
     """Train `config.model` on the sequences in `sequences_dir`; write the bundle to `out`.
 
     A run interrupted (killed, crashed) resumes from its last finished epoch when called again
-    with the same data and config: the checkpoint and the MLflow run id live in `work_dir`.
+    with the same data and config: the checkpoint and the MLflow run id live in `work_dir`. `verbose` is Keras's
+    (None: fit_verbosity()).
     """
     import mlflow
-
-    from pianola import tracking
-    from pianola.plots import training_curves
 
     sequences_dir, out = Path(sequences_dir), Path(out)
     vocab = Vocabulary.load(sequences_dir / "vocab.json")
@@ -255,7 +266,6 @@ def train(
 
     transposition = None
     if config.transpose:
-        from pianola.tokenizers import tokenizer_from_config
 
         transposition = transposition_table(vocab, tokenizer_from_config(tokenizer_config), config.transpose)
     batches = WindowBatches(train_split, window, spec.input_kind, len(vocab), config.batch_size,
@@ -300,7 +310,8 @@ def train(
         ]
         if keras.backend.backend() == "tensorflow":
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path("logs") / run.info.run_id)))
-        model.fit(batches, validation_data=(x_val, y_val), epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+        model.fit(batches, validation_data=(x_val, y_val), epochs=config.epochs, callbacks=callbacks,
+                  verbose=fit_verbosity() if verbose is None else verbose)
 
         bundle = Bundle(model, vocab, tokenizer_config, window, config.model, spec.input_kind,
                         info={"valid_pieces": valid_split.pieces, "train_pieces": len(train_split.pieces),

@@ -11,6 +11,7 @@ so a re-run is cheap and keeps their timestamps. A run that ingests nothing rais
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -20,12 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
+from pianola.data.sources import open_source
+from pianola.data.sources.base import MIDI_SUFFIXES, Source, SourceItem, SourceReadError
+from pianola.data.sources.local import FolderSource
 from pianola.errors import PianolaError
 from pianola.io import atomic_write_bytes, atomic_write_json
-from pianola.sources import MIDI_SUFFIXES, FolderSource, Source, SourceItem, SourceReadError, open_source
-from pianola.validate import oversize_reason, reason_kind, validate_midi
+from pianola.midi import midi_files
+from pianola.midi.validate import oversize_reason, reason_kind, validate_midi
 
 MANIFEST = "manifest.json"
 OUTPUT_SUFFIX = ".mid"
@@ -235,8 +245,12 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> list[str]:
 
 @contextmanager
 def _progress_bar(show: bool, description: str, total: int | None) -> Iterator[Any]:
-    """Yield advance(steps, label): a transient rich bar on stderr when `show`, else a no-op."""
-    if not show:
+    """Yield advance(steps, label): a transient rich bar on stderr when `show` and stderr is a terminal, else a no-op.
+
+    Not on a file, a pipe or a dumb terminal: rich draws nothing there but still ends with an empty line.
+    """
+    console = Console(stderr=True)
+    if not (show and console.is_interactive):
         yield lambda steps, label: None
         return
     columns = (
@@ -247,6 +261,44 @@ def _progress_bar(show: bool, description: str, total: int | None) -> Iterator[A
         TimeElapsedColumn(),
     )
     # No auto-refresh: its thread would be inherited mid-write by the music21 source's forked workers.
-    with Progress(*columns, console=Console(stderr=True), transient=True, auto_refresh=False) as bar:
+    with Progress(*columns, console=console, transient=True, auto_refresh=False) as bar:
         task = bar.add_task(description, total=total, label="")
         yield lambda steps, label: bar.update(task, advance=steps, label=label, refresh=True)
+
+
+def merge_new_pieces(current: str | os.PathLike, source: str | os.PathLike) -> list[Path]:
+    """Copy the MIDI files of `current` into the corpus source folder, under `<source>/<current's name>/`.
+
+    Retraining starts here: the next ingest reads them with the rest. A file already there with the
+    same bytes is left alone; a different file of the same name gets the content's hash in its name,
+    so a piece already in the corpus is never overwritten. Returns the files written.
+    """
+    current, source_dir = Path(current), Path(source)
+    if not str(source) or not source_dir.is_dir():  # Path("") is the working directory
+        raise PianolaError(
+            f"the corpus source {str(source)!r} is not a folder: retraining adds the new pieces to a folder "
+            "source; set ingest.source in params.yaml to a folder of MIDI files"
+        )
+    if current.is_file() and current.suffix.lower() in MIDI_SUFFIXES:
+        files = [current]
+    elif current.is_dir():
+        files = midi_files(current)
+    else:
+        files = []
+    if not files:
+        raise PianolaError(f"{current}: no MIDI files to add to the corpus; retraining needs a folder of MIDI files")
+    here, corpus = current.resolve(), source_dir.resolve()
+    if here == corpus or corpus in here.parents:
+        return []  # already part of the corpus source
+    target = source_dir / (here.parent.name if current.is_file() else here.name)
+    written = []
+    for file in files:
+        data = file.read_bytes()
+        dest = target / file.name
+        if dest.exists() and dest.read_bytes() != data:
+            dest = target / f"{file.stem}-{hashlib.sha256(data).hexdigest()[:8]}{file.suffix}"
+        if dest.exists():
+            continue  # the same bytes are already in the corpus
+        atomic_write_bytes(dest, data)
+        written.append(dest)
+    return written

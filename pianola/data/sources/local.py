@@ -1,7 +1,6 @@
-"""Where ingest gets MIDI files from: a source yields named items whose bytes are read lazily.
+"""Sources on this machine: a folder of MIDI files, and the corpus bundled with music21 (the offline default).
 
-First stage of the flow (sources -> data/raw); a web index (pianola.scrape) and an S3 prefix
-(pianola.storage) are Sources too, imported only when a spec names them.
+Both are `pianola.data.sources.base.Source`s; `open_source` picks one from a spec.
 """
 
 from __future__ import annotations
@@ -10,70 +9,26 @@ import multiprocessing
 import os
 import stat
 import threading
-from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from pianola.data.sources.base import Source, SourceItem, SourceReadError, _is_midi_name
 from pianola.errors import PianolaError
 
-MIDI_SUFFIXES = (".mid", ".midi")
-DEFAULT_MAX_BYTES = 4_000_000  # size cap of a source that must cut downloads itself, when none is given
 MUSIC21_PREFIX = "music21:"
-DEFAULT_SOURCE = "music21:bach"
+
+
 MUSIC21_LICENSE = (
     "music21 corpus: out of copyright in the US or licensed to music21 for free use, some encodings "
     "without commercial use; see music21/corpus/license.txt and the work's own header"
 )
+
+
 # Roman-numeral analyses sit beside the chorales in the corpus; realised as MIDI they would be block
 # chords written by an analyst, not music by the composer.
 MUSIC21_SKIPPED_SUFFIXES = (".rntxt",)
-ACCEPTED_FORMS = (
-    "a local folder of .mid/.midi files, music21:COMPOSER[,COMPOSER...] "
-    f"(works bundled with music21, e.g. {DEFAULT_SOURCE}), an index page to crawl (https://...) "
-    "or an S3 prefix (s3://BUCKET/PREFIX)"
-)
-
-
-class SourceReadError(PianolaError):
-    """An item's bytes could not be produced; the message is the rejection reason for the manifest."""
-
-
-@dataclass(frozen=True)
-class SourceItem:
-    """One candidate file: its name, where it came from, and how to read its bytes."""
-
-    name: str  # relative name, e.g. "sub/x.mid" or "bach/bwv1.6"; ingest sanitises it for the output
-    source: str  # path, URL or music21:bach/bwv1.6.mxl, recorded in the manifest
-    read: Callable[[], bytes] | None = None  # raises OSError or SourceReadError; None when rejected
-    size: int | None = None  # bytes, where known without reading (lets ingest skip huge files unread)
-    composer: str | None = None
-    license: str | None = None
-    rejected: str | None = None  # a reason known before reading: a symlink, a directory, ...
-
-    def __post_init__(self) -> None:
-        if self.read is None and self.rejected is None:
-            raise ValueError(f"source item {self.name!r} has neither a way to read it nor a rejection reason")
-
-    @classmethod
-    def reject(cls, name: str, source: str, reason: str) -> SourceItem:
-        return cls(name=name, source=source, rejected=reason)
-
-
-class Source(ABC):
-    """A place MIDI files come from; `spec` is what the user typed, named in errors and the manifest."""
-
-    spec: str
-
-    @abstractmethod
-    def items(self) -> Iterator[SourceItem]:
-        """Every candidate in a stable order (stable output names across runs)."""
-
-    def estimated_count(self) -> int | None:
-        """How many items `items()` will yield, where cheap to know (sizes the progress bar)."""
-        return None
 
 
 class FolderSource(Source):
@@ -124,7 +79,10 @@ class Music21Source(Source):
     """Works bundled with music21 (offline), converted to MIDI by music21's own MIDI writer."""
 
     def __init__(self, composers: list[str], *, workers: int = min(4, os.cpu_count() or 1)):
-        from music21 import common, corpus  # music21 takes a second to import: only when used
+        from music21 import (  # music21 takes a second to import: only when used
+            common,
+            corpus,
+        )
 
         self.spec = MUSIC21_PREFIX + ",".join(composers)
         self.workers = workers
@@ -202,36 +160,5 @@ def _unwrap(result: tuple[bytes | None, str | None]) -> bytes:
     return data
 
 
-def _is_midi_name(name: str) -> bool:
-    return name.lower().endswith(MIDI_SUFFIXES)
-
-
 def _music21_composers(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
-
-
-def open_source(spec: str, *, out_dir: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
-    """The Source for `spec`: `music21:COMPOSER[,COMPOSER...]`, a local folder, http(s)://INDEX or s3://BUCKET/PREFIX.
-
-    `out_dir` (ingest's output folder) lets a web crawl resume; `max_bytes` is where it cuts a download.
-    """
-    lowered = spec.lower()
-    if lowered.startswith(("http://", "https://")):
-        from pianola.scrape import WebSource
-
-        return WebSource(spec, out_dir=out_dir, max_bytes=max_bytes)
-    if lowered.startswith("s3://"):
-        from pianola.storage import S3Source
-
-        return S3Source(spec, max_bytes=max_bytes)
-    if lowered.startswith(MUSIC21_PREFIX):
-        composers = [c.strip() for c in spec[len(MUSIC21_PREFIX) :].split(",") if c.strip()]
-        if not composers:
-            raise PianolaError(f"source {spec!r} names no composer; use e.g. {DEFAULT_SOURCE}")
-        return Music21Source(composers)
-    path = Path(spec)
-    if path.is_dir():
-        return FolderSource(path)
-    if path.exists():
-        raise PianolaError(f"source {spec!r} is a file, not a folder; put it in a folder and give that folder")
-    raise PianolaError(f"source {spec!r} is neither an existing folder nor a known source; use {ACCEPTED_FORMS}")

@@ -1,0 +1,1 @@
+"""Generation: sampling (`sampling`), pieces from a bundle (`generate`), WAV rendering (`render`)."""
