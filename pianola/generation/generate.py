@@ -40,14 +40,18 @@ MUSICALITY_PLOT = "musicality.png"
 
 
 class LSTMDecoder:
-    """The `lstm` model as a decoder: its state is each row's (h, c) per layer; a primer is fed one token a step."""
+    """The `lstm` model as a decoder: its state is each row's (h, c) per layer."""
 
     def __init__(self, bundle: Bundle) -> None:
         self.stepper = LSTMStepper(bundle.model)
 
     def start(self, primers: np.ndarray):
-        """(the state of len(primers) new rows, the (B, P) tokens each must be fed before it samples)."""
-        return self.stepper.zero_state(len(primers)), primers
+        """The state of len(primers) new rows once each has read its (B, P) primer but for the last token, which
+        the rows' first step feeds; read in one pass, before the rows join the batch."""
+        state = self.stepper.zero_state(len(primers))
+        for t in range(primers.shape[1] - 1):
+            _, state = self.stepper.step(primers[:, t], state)
+        return state
 
     def step(self, ids: np.ndarray, state):
         return self.stepper.step(ids, state)
@@ -70,8 +74,7 @@ class WindowDecoder:
     def start(self, primers: np.ndarray):
         # The window holds the primer but for its last token, which the first step feeds: the model then sees
         # exactly the primer, as the paper primed.
-        windows = np.concatenate([primers[:, :1], primers[:, :-1]], axis=1)
-        return windows.astype(np.int32), primers[:, -1:]
+        return np.concatenate([primers[:, :1], primers[:, :-1]], axis=1).astype(np.int32)
 
     def step(self, ids: np.ndarray, state):
 
@@ -100,9 +103,7 @@ def generate_each(bundle: Bundle, primers: np.ndarray, lengths: list[int], sampl
     from threadpoolctl import threadpool_limits
 
     stream = Stream(bundle)
-    rows = []
-    for primer, length, sampling, rng in zip(primers, lengths, samplings, rngs):
-        rows += stream.add(np.asarray(primer)[None, :], length, [sampling], [rng])
+    rows = stream.add(primers, lengths, samplings, rngs)
     # The products of one step are too small to share between threads: OpenBLAS's threads
     # spin-wait for each other and, on a busy machine, run several times slower than one.
     with threadpool_limits(limits=1, user_api="blas"):
@@ -117,22 +118,17 @@ def decoder_for(bundle: Bundle) -> LSTMDecoder | WindowDecoder:
 
 @dataclass
 class Row:
-    """One piece being generated: what it still has to be fed, what it has drawn, how it draws."""
+    """One piece being generated: what it has drawn, and how it draws."""
 
-    feed: np.ndarray  # (P,) tokens to feed before sampling (the primer, or its last token)
     length: int
     sampling: Sampling
     rng: np.random.Generator
     tag: object = None  # whatever the caller needs to find its piece again
     out: np.ndarray = field(init=False)
-    fed: int = 0
     made: int = 0
 
     def __post_init__(self) -> None:
         self.out = np.zeros(self.length, dtype=np.int32)
-
-    def next_input(self) -> int:
-        return int(self.feed[self.fed]) if self.fed < len(self.feed) else int(self.out[self.made - 1])
 
 
 def piece_rng(seed: int, index: int) -> np.random.Generator:
@@ -145,7 +141,8 @@ class Stream:
     """Pieces generated together, one token of every piece per step: continuous batching.
 
     Rows may join between any two steps (a new request does not wait for the pieces in flight) and leave as
-    soon as they are done. A row first feeds its primer, then samples; both phases share the step's batch.
+    soon as they are done. A row joins having read its primer but for the last token (`decoder.start`, one pass
+    over the new rows); its first step feeds that token and draws, every later step feeds what it drew last.
     """
 
     def __init__(self, bundle: Bundle) -> None:
@@ -153,46 +150,48 @@ class Stream:
         self.penalised = pitch_tokens(bundle)
         self.rows: list[Row] = []
         self.state = None
+        self.inputs = np.zeros(0, dtype=np.int32)  # (B,) the token each row is fed next
+        self.recent = np.full((0, REPETITION_WINDOW), -1, dtype=np.int64)  # (B, R) each row's last draws, -1: none
+        self.sampling = RowSampling.of([])
 
-    def add(self, primers: np.ndarray, length: int, samplings: list[Sampling], rngs: list[np.random.Generator],
+    def add(self, primers: np.ndarray, lengths: list[int], samplings: list[Sampling], rngs: list[np.random.Generator],
             tags: list | None = None) -> list[Row]:
-        """Start len(primers) rows continuing the (B, window) primers."""
-        state, feeds = self.decoder.start(np.asarray(primers, dtype=np.int32))
-        rows = [Row(feed, length, sampling, rng, tag)
-                for feed, sampling, rng, tag in zip(feeds, samplings, rngs, tags or [None] * len(feeds))]
+        """Start len(primers) rows continuing the (B, window) primers, row i `lengths[i]` tokens long."""
+        primers = np.asarray(primers, dtype=np.int32)
+        state = self.decoder.start(primers)
+        rows = [Row(length, sampling, rng, tag)
+                for length, sampling, rng, tag in zip(lengths, samplings, rngs, tags or [None] * len(primers))]
         self.state = state if self.state is None else self.decoder.join(self.state, state)
-        self.rows += rows
+        self.inputs = np.concatenate([self.inputs, primers[:, -1]])
+        self.recent = np.concatenate([self.recent, np.full((len(rows), REPETITION_WINDOW), -1, dtype=np.int64)])
+        self._rows(self.rows + rows)
         return rows
 
     def drop(self, keep: list[bool]) -> None:
         """Keep only the rows where `keep` is true."""
         index = np.flatnonzero(keep)
-        self.rows = [self.rows[i] for i in index]
-        self.state = self.decoder.take(self.state, index) if self.rows else None
+        self.state = self.decoder.take(self.state, index) if len(index) else None
+        self.inputs, self.recent = self.inputs[index], self.recent[index]
+        self._rows([self.rows[i] for i in index])
+
+    def _rows(self, rows: list[Row]) -> None:
+        self.rows = rows
+        self.sampling = RowSampling.of([row.sampling for row in rows])
 
     def step(self) -> list[Row]:
         """Advance every row by one token; the rows this step finished, which leave the stream."""
         if not self.rows:
             return []
-        ids = np.array([row.next_input() for row in self.rows], dtype=np.int32)
-        probs, self.state = self.decoder.step(ids, self.state)
-        for row in self.rows:
-            row.fed = min(row.fed + 1, len(row.feed))
-        # A row samples once its whole primer is fed: this step's probabilities are then for its next token.
-        ready = [i for i, row in enumerate(self.rows) if row.fed == len(row.feed)]
-        if ready:
-            rows = [self.rows[i] for i in ready]
-            recent = np.full((len(rows), REPETITION_WINDOW), -1, dtype=np.int64)
-            for j, row in enumerate(rows):
-                last = row.out[max(0, row.made - REPETITION_WINDOW) : row.made]
-                recent[j, REPETITION_WINDOW - len(last) :] = last
-            draws = np.array([row.rng.random() for row in rows])
-            drawn = sample_rows(probs[ready], RowSampling.of([row.sampling for row in rows]), draws, recent,
-                                self.penalised)
-            for row, token in zip(rows, drawn):
-                row.out[row.made] = token
-                row.made += 1
-        done = [row.made == row.length for row in self.rows]
+        probs, self.state = self.decoder.step(self.inputs, self.state)  # (B, V): each row's next token
+        draws = np.array([row.rng.random() for row in self.rows])
+        drawn = sample_rows(probs, self.sampling, draws, self.recent, self.penalised)  # (B,)
+        self.inputs = drawn.astype(np.int32)
+        self.recent = np.concatenate([self.recent[:, 1:], drawn[:, None]], axis=1)
+        done = []
+        for row, token in zip(self.rows, drawn):
+            row.out[row.made] = token
+            row.made += 1
+            done.append(row.made == row.length)
         finished = [row for row, d in zip(self.rows, done) if d]
         if finished:
             self.drop([not d for d in done])

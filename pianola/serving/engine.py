@@ -86,7 +86,7 @@ class Engine:
             self.waiting.pop(0)
             if ticket.cancelled:
                 continue
-            self.stream.add(primers, length, [sampling] * len(primers),
+            self.stream.add(primers, [length] * len(primers), [sampling] * len(primers),
                             [piece_rng(seed, i) for i in range(len(primers))], [(ticket, i) for i in range(len(primers))])
 
     def _run(self) -> None:
