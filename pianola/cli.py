@@ -12,7 +12,9 @@ from typing import Annotated
 import typer
 
 from pianola.errors import PianolaError
-from pianola.generation.sampling import Sampling
+from pianola.generation.sampling import STRATEGIES, Sampling
+from pianola.midi.validate import DEFAULT_MAX_BYTES
+from pianola.params import DEFAULT_PARAMS, check_params
 
 app = typer.Typer(
     help="Learn to compose classical piano music with LSTMs.",
@@ -28,7 +30,7 @@ def ingest(
         str, typer.Option(help="music21:COMPOSER[,COMPOSER...] (works bundled with music21) or a local folder")
     ] = "music21:bach",
     out: Annotated[Path, typer.Option(help="Folder for the validated MIDI files and manifest.json")] = Path("data/raw"),
-    max_bytes: Annotated[int, typer.Option(help="Reject files larger than this")] = 4_000_000,
+    max_bytes: Annotated[int, typer.Option(help="Reject files larger than this")] = DEFAULT_MAX_BYTES,
     limit: Annotated[int, typer.Option(help="Stop after this many files are ingested (0: all)")] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
@@ -50,8 +52,9 @@ def tokenize(
 ) -> None:
     """Turn every MIDI file of IN into a token sequence."""
     from pianola.data.corpus import tokenize_corpus
-    from pianola.tokenizers import get_tokenizer
+    from pianola.tokenizers import TOKENIZERS, get_tokenizer
 
+    check_choices({"tokenize.tokenizer": TOKENIZERS})
     config = ({"steps_per_quarter": steps_per_quarter} if tokenizer in ("timed", "remi")
               else {"frames_per_quarter": frames_per_quarter} if tokenizer == "roll" else {})
     try:
@@ -106,9 +109,11 @@ def train(
     register: Annotated[bool, typer.Option(help="Register the bundle in the MLflow Model Registry as candidate")] = True,
 ) -> None:
     """Train a model, track it in MLflow, save it as a bundle and register it as `candidate`."""
-    from pianola.training.train import preset_config
+    from pianola.models import MODEL_NAMES
+    from pianola.training.train import PRESETS, preset_config
     from pianola.training.train import train as run_train
 
+    check_choices({"train.model": MODEL_NAMES, "train.preset": PRESETS})
     overrides = {"epochs": epochs, "max_minutes": max_minutes, "transpose": transpose}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     config = preset_config(model, preset, seed=seed, **overrides)
@@ -198,10 +203,22 @@ def generate(
     """Generate N pieces as MIDI (and WAV), with piano rolls, music metrics and musicality against held-out pieces."""
     from pianola.generation.generate import generate_batch
 
+    check_choices({"generate.strategy": STRATEGIES})
     result = generate_batch(model, out, n=n, length=length, sampling=Sampling(strategy, temperature, top_k, top_p, repetition_penalty),
                             seed=seed, primer=primer, corpus_dir=corpus, tempo_qpm=tempo, wav=wav, soundfont=soundfont,
                             metrics_path=metrics, track=track)
     typer.echo(result.describe())
+
+
+@app.command()
+def register(
+    model: Annotated[Path, typer.Option(help="A bundle folder that `pianola train` saved but could not register")] = Path("models/candidate"),
+) -> None:
+    """Record a trained bundle in its MLflow run and register it (alias candidate): what `pianola train` asks for when
+    the tracking server went away at its end."""
+    from pianola.training.train import register_trained
+
+    typer.echo(f"{model}: registered as version {register_trained(model)} (alias candidate)")
 
 
 @app.command()
@@ -340,9 +357,18 @@ def benchmark_evaluate(
         typer.echo(json.dumps(result))
 
 
+def check_choices(choices: dict[str, tuple[str, ...]]) -> None:
+    """In a project, its params.yaml's names for this command (a tokenizer, a model...) among those it knows."""
+    if Path(DEFAULT_PARAMS).exists():
+        check_params(DEFAULT_PARAMS, choices)
+
+
 def main() -> None:
-    """Entry point: run the app, turning PianolaError into a one-line message and exit code 1."""
+    """Entry point: run the app, turning PianolaError into a one-line message and exit code 1. In a project (a
+    params.yaml here, as where DVC runs the stages), a wrong setting is named before any work starts."""
     try:
+        if Path(DEFAULT_PARAMS).exists():
+            check_params(DEFAULT_PARAMS)
         app()
     except PianolaError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)

@@ -14,3 +14,8 @@ class BadRequest(PianolaError):
     def __init__(self, message: str, status: int = 422) -> None:
         super().__init__(message)
         self.status = status
+
+
+class SourceUnavailable(PianolaError):
+    """The source itself failed while ingest read it (a store unreachable, or refusing): the run stops, and keeps
+    the files it had already written."""

@@ -31,11 +31,38 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(STORE / 'mlflow.db').resolve()}"
 
 
+# MLflow retries a request to a server 7 times with exponential backoff by default: about 4 minutes before a
+# closed port is reported. Two retries ride out a blip; a server that is down is reported in seconds.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+REACH_TIMEOUT_S = 5.0
+
+
+class TrackingUnreachable(PianolaError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def check_reachable(uri: str) -> None:
+    """Fail at once, naming `uri`, when it is a tracking server that does not answer; any HTTP answer will do."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S)
+    except requests.RequestException as e:
+        raise TrackingUnreachable(
+            f"the MLflow tracking server at {uri} cannot be reached ({type(e).__name__}); start it, or unset "
+            "MLFLOW_TRACKING_URI to track in the local store mlflow/mlflow.db") from None
+
+
 def setup(experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at the store and select `experiment` (created with artifacts in mlflow/artifacts)."""
+    """Point MLflow at the store and select `experiment` (created with artifacts in mlflow/artifacts); a tracking
+    server that cannot be reached is a TrackingUnreachable error at once."""
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         STORE.mkdir(parents=True, exist_ok=True)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:

@@ -29,7 +29,7 @@ from fixtures_s3 import (  # noqa: F401 - fixtures, found by pytest among the mo
 from pianola.data.ingest import ingest
 from pianola.data.sources import open_source
 from pianola.data.sources.s3 import S3Source
-from pianola.errors import PianolaError
+from pianola.errors import PianolaError, SourceUnavailable
 from pianola.storage import MiB, StorageUnreachable, publish, s3_client
 
 BIN = Path(sys.executable).parent
@@ -70,6 +70,42 @@ def test_ingest_from_a_prefix_keeps_valid_objects_and_rejects_invalid_ones_unrea
     assert entries[url + "huge.mid"]["reason"] == "over the size cap: 30,004 bytes > 20,000"
     assert "midi/huge.mid" not in downloaded  # refused on its listed size, never fetched
     assert (tmp_path / "out" / "chopin_etude.mid").read_bytes() == midi_bytes(tmp_path, 60)
+
+
+def test_a_store_that_dies_during_ingest_stops_it_clearly_and_keeps_the_files_fetched(tmp_path, monkeypatch) -> None:
+    server = SeaweedFS(tmp_path / "seaweedfs")
+    server.start()
+    try:
+        bucket = server.create_bucket()
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # a dead endpoint fails at once, not after minutes of retries
+        put(server, bucket, {f"midi/p{pitch}.mid": midi_bytes(tmp_path, pitch) for pitch in range(50, 56)})
+        client = s3_client(server.endpoint)
+        fetched: list[str] = []
+
+        def crash_after_two(params, **_) -> None:
+            fetched.append(params["Key"])
+            if len(fetched) == 3:
+                server.stop(kill=True)
+
+        client.meta.events.register("provide-client-params.s3.GetObject", crash_after_two)
+        out = tmp_path / "out"
+        with pytest.raises(SourceUnavailable) as failure:
+            ingest(S3Source(f"s3://{bucket}/midi", client=client), out, progress=False)
+        message = str(failure.value)
+        assert "Could not connect to the endpoint URL" in message or "cannot be reached" in message, message
+        assert "ingest stopped after 2 file(s), which stay in" in message
+        assert sorted(p.name for p in out.glob("*.mid")) == ["p50.mid", "p51.mid"]
+        assert not (out / "manifest.json").exists()  # no manifest claims a complete corpus
+
+        server.start()  # back: the rerun completes and keeps the two files as they were
+        kept = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mid")}
+        report = ingest(S3Source(f"s3://{bucket}/midi", client=s3_client(server.endpoint)), out, progress=False)
+        assert report.ok == 6 and report.unchanged == 2
+        assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in kept.items())
+    finally:
+        server.stop()
 
 
 def test_publish_uploads_a_folder_and_sends_large_files_as_multipart(s3_env, s3_bucket, tmp_path) -> None:

@@ -32,10 +32,10 @@ from rich.progress import (
 from pianola.data.sources import open_source
 from pianola.data.sources.base import MIDI_SUFFIXES, Source, SourceItem, SourceReadError
 from pianola.data.sources.local import FolderSource
-from pianola.errors import PianolaError
+from pianola.errors import PianolaError, SourceUnavailable
 from pianola.io import atomic_write_bytes, atomic_write_json
 from pianola.midi import midi_files
-from pianola.midi.validate import oversize_reason, reason_kind, validate_midi
+from pianola.midi.validate import DEFAULT_MAX_BYTES, oversize_reason, reason_kind, validate_midi
 
 MANIFEST = "manifest.json"
 OUTPUT_SUFFIX = ".mid"
@@ -81,7 +81,7 @@ def ingest(
     source: str | Source,
     out_dir: Path,
     *,
-    max_bytes: int = 4_000_000,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     limit: int = 0,
     progress: bool = True,
 ) -> IngestReport:
@@ -112,6 +112,9 @@ def ingest(
                 advance(int(ok or not by_ok), f"{report.ok} ok, {report.rejected} rejected")
                 if limit and report.ok >= limit:
                     break
+    except SourceUnavailable as e:
+        raise SourceUnavailable(f"{e}; ingest stopped after {report.ok} file(s), which stay in {out_dir}: rerun it "
+                                "when the source is back (files already there are kept as they are)") from None
     finally:
         # Stops the music21 worker pool at once when `limit` ends the run early.
         close = getattr(items, "close", None)
@@ -160,6 +163,8 @@ def _ingest_item(
         return entry
     try:
         data = item.read()
+    except SourceUnavailable:
+        raise
     except SourceReadError as e:
         entry["reason"] = str(e)
         return entry

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 
 import keras
 import numpy as np
+import requests
+from mlflow.exceptions import MlflowException
 
 from pianola import tracking
 from pianola.data.sequences import EncodedSplit
@@ -27,7 +30,7 @@ from pianola.errors import PianolaError
 from pianola.evaluation.heldout import held_out_metrics
 from pianola.io import atomic_write_json
 from pianola.models import build_model, model_spec, windows_to_xy
-from pianola.models.bundle import Bundle, training_primers
+from pianola.models.bundle import Bundle, read_bundle_meta, training_primers
 from pianola.plots import training_curves
 from pianola.serving.pyfunc import register_bundle
 from pianola.tokenizers import tokenizer_from_config
@@ -279,53 +282,98 @@ def train(
         with strategy.scope():
             model = build_model(config.model, len(vocab), window, **config.model_options)
 
-    tracking.setup()
+    uri = tracking.setup()  # an unreachable tracking server fails here, before any training
     history: list[dict] = state.get("history", [])
-    with mlflow.start_run(run_id=state.get("run_id"), run_name=f"{config.model}-{config.preset}") as run:
-        if "run_id" not in state:
-            mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k != "model_options"})
-            mlflow.log_params({f"model.{k}": v for k, v in config.model_options.items()})
-            mlflow.log_params({"vocab_size": len(vocab), "window": window, "tokenizer": tokenizer_config["name"],
-                               "train_windows": len(batches.all_starts), "train_pieces": len(train_split.pieces),
-                               "valid_pieces": len(valid_split.pieces), "parameters": model.count_params(),
-                               "devices": strategy.num_replicas_in_sync if strategy else 1})
-            mlflow.set_tags(tracking.environment())
-            lines: list[str] = []
-            model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
-            mlflow.log_text("\n".join(lines), "model_summary.txt")
-        state["run_id"] = run.info.run_id
-        atomic_write_json(state_path, state)
+    saved, version = False, None
+    try:
+        with mlflow.start_run(run_id=state.get("run_id"), run_name=f"{config.model}-{config.preset}") as run:
+            if "run_id" not in state:
+                mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k != "model_options"})
+                mlflow.log_params({f"model.{k}": v for k, v in config.model_options.items()})
+                mlflow.log_params({"vocab_size": len(vocab), "window": window, "tokenizer": tokenizer_config["name"],
+                                   "train_windows": len(batches.all_starts), "train_pieces": len(train_split.pieces),
+                                   "valid_pieces": len(valid_split.pieces), "parameters": model.count_params(),
+                                   "devices": strategy.num_replicas_in_sync if strategy else 1})
+                mlflow.set_tags(tracking.environment())
+                lines: list[str] = []
+                model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+                mlflow.log_text("\n".join(lines), "model_summary.txt")
+            state["run_id"] = run.info.run_id
+            atomic_write_json(state_path, state)
 
-        class SaveState(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                atomic_write_json(state_path, {"run_id": run.info.run_id, "history": history})
+            class SaveState(keras.callbacks.Callback):
+                def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                    atomic_write_json(state_path, {"run_id": run.info.run_id, "history": history})
 
-        callbacks: list[keras.callbacks.Callback] = [
-            keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
-            TimeBudget(config.max_minutes),
-            MlflowMetrics(history),
-            SaveState(),
-            *(extra_callbacks or []),
-        ]
-        if keras.backend.backend() == "tensorflow":
-            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path("logs") / run.info.run_id)))
-        model.fit(batches, validation_data=(x_val, y_val), epochs=config.epochs, callbacks=callbacks,
-                  verbose=fit_verbosity() if verbose is None else verbose)
+            callbacks: list[keras.callbacks.Callback] = [
+                keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+                keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+                TimeBudget(config.max_minutes),
+                MlflowMetrics(history),
+                SaveState(),
+                *(extra_callbacks or []),
+            ]
+            if keras.backend.backend() == "tensorflow":
+                callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path("logs") / run.info.run_id)))
+            model.fit(batches, validation_data=(x_val, y_val), epochs=config.epochs, callbacks=callbacks,
+                      verbose=fit_verbosity() if verbose is None else verbose)
 
-        bundle = Bundle(model, vocab, tokenizer_config, window, config.model, spec.input_kind,
-                        info={"valid_pieces": valid_split.pieces, "train_pieces": len(train_split.pieces),
-                              "preset": config.preset, "run_id": run.info.run_id, "history": history},
-                        primers=training_primers(train_split, window, config.seed))
-        held_out = held_out_metrics(bundle, valid_split).to_json()
-        bundle.info["heldout"] = held_out
-        mlflow.log_metrics({f"heldout_{k}": v for k, v in held_out.items() if v is not None})
-        if history:
-            curves = run_dir / "loss_curves.png"
-            training_curves(history, curves, title=f"{config.model} ({config.preset})")
-            mlflow.log_artifact(str(curves))
-        bundle.save(out)
-        version = register_bundle(out) if register else None
+            bundle = Bundle(model, vocab, tokenizer_config, window, config.model, spec.input_kind,
+                            info={"valid_pieces": valid_split.pieces, "train_pieces": len(train_split.pieces),
+                                  "preset": config.preset, "run_id": run.info.run_id, "history": history},
+                            primers=training_primers(train_split, window, config.seed))
+            held_out = held_out_metrics(bundle, valid_split).to_json()
+            bundle.info["heldout"] = held_out
+            bundle.save(out)  # first: whatever happens to MLflow now, the trained model is kept
+            saved = True
+            version = record_bundle(out, config.model, bundle.info, register)
+    except (MlflowException, requests.RequestException) as e:
+        raise tracking_failed(uri, out, saved, version, e) from None
     # Finished: the next call with this config starts afresh.
     state_path.unlink(missing_ok=True)
     return TrainResult(out, run.info.run_id, version, held_out, history, len(history))
+
+
+def record_bundle(out: Path, model_name: str, info: dict, register: bool = True) -> str | None:
+    """In the active MLflow run: a saved bundle's held-out metrics and loss curves, and (when `register`) the
+    bundle as the next registered version, alias candidate; the version."""
+    import mlflow
+
+    mlflow.log_metrics({f"heldout_{k}": v for k, v in info["heldout"].items() if v is not None})
+    if info.get("history"):
+        with tempfile.TemporaryDirectory(prefix="pianola-curves-") as folder:
+            curves = Path(folder) / "loss_curves.png"
+            training_curves(info["history"], curves, title=f"{model_name} ({info.get('preset')})")
+            mlflow.log_artifact(str(curves))
+    return register_bundle(out) if register else None
+
+
+def tracking_failed(uri: str, out: Path, saved: bool, version: str | None, error: Exception) -> PianolaError:
+    """What to tell a user whose training run lost its MLflow server, and what finishes the job."""
+    reason = str(error).splitlines()[0][:300]
+    if not saved:
+        return PianolaError(f"MLflow at {uri} failed during training ({reason}); the epochs done are checkpointed: "
+                            "rerun the same command to resume once the server is back")
+    if version is not None:
+        return PianolaError(f"{out}: trained and registered as version {version}, but MLflow at {uri} failed while "
+                            f"closing the run ({reason})")
+    return PianolaError(f"{out}: the model is trained and saved, but MLflow at {uri} failed while recording it "
+                        f"({reason}); once the server is back, finish with: pianola register --model {out}")
+
+
+def register_trained(bundle_dir: str | os.PathLike) -> str:
+    """Finish what training could not, MLflow being away at its end: the bundle's metrics into its own run, and the
+    bundle registered (alias candidate); the version."""
+    import mlflow
+
+    bundle_dir = Path(bundle_dir)
+    meta = read_bundle_meta(bundle_dir)
+    info = meta.get("info", {})
+    if not info.get("run_id") or "heldout" not in info:
+        raise PianolaError(f"{bundle_dir}: the bundle names no training run or held-out metrics to record")
+    uri = tracking.setup()
+    try:
+        with mlflow.start_run(run_id=info["run_id"]):
+            return record_bundle(bundle_dir, meta["model_name"], info)
+    except (MlflowException, requests.RequestException) as e:
+        raise PianolaError(f"{bundle_dir}: MLflow at {uri} failed ({str(e).splitlines()[0][:300]})") from None

@@ -12,6 +12,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pianola.data.sources.base import Source, SourceItem, SourceReadError
+from pianola.errors import SourceUnavailable
 from pianola.midi import MIDI_SUFFIXES
 from pianola.midi.validate import DEFAULT_MAX_BYTES
 from pianola.storage import parse_s3_url, s3_client, storage_error
@@ -52,8 +53,9 @@ class S3Source(Source):
         except (ClientError, BotoCoreError) as e:
             if isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") == "NoSuchKey":
                 raise SourceReadError("unreadable: the object was deleted after it was listed") from e
-            reason = storage_error(e, self._client, self.location.bucket, f"reading {self.location.url(key)}")
-            raise SourceReadError(f"unreadable: {reason}") from e
+            # Not this object's fault: the store is down or refuses us, and every object after it would fail too.
+            raise SourceUnavailable(str(storage_error(e, self._client, self.location.bucket,
+                                                      f"reading {self.location.url(key)}"))) from e
         if len(data) > self.max_bytes:
             raise SourceReadError(f"over the size cap: more than {self.max_bytes:,} bytes (grew after listing)")
         return data
