@@ -2,7 +2,8 @@
 
 Served weekly by flows/serve.py and run once by `python -m flows.pipeline` (`make run`), which prints the result
 as JSON on stdout and ends with a summary for people on stderr (closing_summary). DVC runs each stage, so the
-run leaves the same outputs and dvc.lock as `dvc repro`, and `dvc status` is clean afterwards.
+run leaves the same outputs and dvc.lock as `dvc repro`, and `dvc status` is clean afterwards. It holds the
+workspace (tasks/workspace.py) from the first stage to the push, so a retrain started meanwhile waits for it.
 """
 
 import json
@@ -20,6 +21,7 @@ from tasks.artifacts import leave_summary, table
 from tasks.dvc import pipeline_stages, run_stage
 from tasks.dvc import push as dvc_push
 from tasks.models import heldout_metrics, promote_candidate, version_run_id
+from tasks.workspace import workspace
 
 
 @flow(name="pipeline", log_prints=True)
@@ -28,21 +30,23 @@ def pipeline(
     push: Annotated[bool, typer.Option(help="Push the DVC-tracked outputs to the default DVC remote")] = True,
 ) -> dict:
     """Reproduce every DVC stage, promote the candidate only if it beats the champion, push the data."""
-    stages = pipeline_stages()
-    for stage in stages:
-        run_stage(stage)
-    promotion = promote_candidate(midi or section("ingest").get("out", "data/raw"))
-    remote = dvc_push() if push else None
-    result = {
-        "stages": stages,
-        "heldout": heldout_metrics(),
-        "candidate": promotion.candidate,
-        "mlflow_run": version_run_id(promotion.candidate),
-        "champion_before": promotion.champion_before,
-        "promoted": promotion.promoted,
-        "promotion": promotion.summary(),
-        "pushed_to": remote,
-    }
+    # One writer of the workspace at a time (tasks/workspace.py); inside a retrain, which holds it already, a no-op.
+    with workspace("the pipeline"):
+        stages = pipeline_stages()
+        for stage in stages:
+            run_stage(stage)
+        promotion = promote_candidate(midi or section("ingest").get("out", "data/raw"))
+        remote = dvc_push() if push else None
+        result = {
+            "stages": stages,
+            "heldout": heldout_metrics(),
+            "candidate": promotion.candidate,
+            "mlflow_run": version_run_id(promotion.candidate),
+            "champion_before": promotion.champion_before,
+            "promoted": promotion.promoted,
+            "promotion": promotion.summary(),
+            "pushed_to": remote,
+        }
     leave_summary(
         "pianola-pipeline", "Pipeline", promotion.summary(),
         table({"stages": ", ".join(stages), "candidate version": promotion.candidate,

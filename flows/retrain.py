@@ -16,6 +16,7 @@ from pianola.params import section
 from tasks.artifacts import leave_summary, table
 from tasks.drift import merge_new_data
 from tasks.dvc import run_stage
+from tasks.workspace import workspace
 
 
 @flow(name="retrain", log_prints=True)
@@ -26,10 +27,14 @@ def retrain(
 ) -> dict:
     """Merge the new pieces into the corpus source (params.yaml ingest.source, a folder), then run the pipeline."""
     new_pieces = monitor_settings(current=current).current
-    added = merge_new_data(new_pieces, str(section("ingest").get("source", "")))
-    # DVC does not track the files of a folder source, so it cannot see the new ones: ingest must run anyway.
-    run_stage("ingest", force=True)
-    result = {"added": added} | pipeline(midi=midi, push=push)
+    # The workspace is held from the merge to the end of the pipeline it calls: a weekly pipeline that starts
+    # meanwhile waits, and this one waits for a pipeline already running. The pipeline run below, already
+    # inside, does not acquire it again.
+    with workspace("the retrain"):
+        added = merge_new_data(new_pieces, str(section("ingest").get("source", "")))
+        # DVC does not track the files of a folder source, so it cannot see the new ones: ingest must run anyway.
+        run_stage("ingest", force=True)
+        result = {"added": added} | pipeline(midi=midi, push=push)
     leave_summary(
         "pianola-retrain", f"Retrained on {len(added)} new piece(s) from {new_pieces}", result["promotion"],
         table({"new files": len(added), "candidate version": result["candidate"],

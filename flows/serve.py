@@ -40,7 +40,8 @@ def main(
     monitor_cron: Annotated[str, typer.Option(help="When the drift check runs (cron, UTC)")] = "0 6 * * *",
 ) -> None:
     """Serve the pipeline, monitor, generate and retrain deployments until interrupted."""
-    # One run at a time: the flows share one DVC workspace, whose lock would fail a second `dvc repro`.
+    # One run at a time: the flows share one DVC workspace, whose lock would fail a second `dvc repro`. (Runs from
+    # other processes take turns with these through the `pianola-workspace` concurrency limit: tasks/workspace.py.)
     serve(*deployments(pipeline_cron, monitor_cron), limit=1)
 
 

@@ -3,7 +3,8 @@
 A tiny project (a git + DVC repository of small MIDI files, timed tokens, the demo preset) is built once;
 `python -m flows.pipeline` trains it, then `flows/serve.py` serves the deployments; primers two octaves up sent to
 the served model make `monitor` emit `pianola.drift.detected`, and the retrain deployment it triggers adds them to
-the corpus and registers a new model.
+the corpus and registers a new model. Last, `python -m flows.pipeline` and `python -m flows.retrain` start at the
+same moment: one waits for the other's hold on the workspace (the `pianola-workspace` concurrency limit), then runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -330,3 +332,96 @@ def test_a_failed_stage_raises_with_dvc_stderr_and_is_not_retried(tmp_path: Path
     from pianola.storage import StorageUnreachable
 
     assert retry_unless_bad_input(push, None, Failed(data=StorageUnreachable("the endpoint did not answer")))
+
+
+def spans(client: httpx.Client, flow_run_ids: list[str]) -> tuple[datetime, datetime]:
+    """When the task runs of these flow runs (their stages, merge, promotion, push) began and ended: first start,
+    last end."""
+    task_runs = client.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": flow_run_ids}}}).json()
+    assert task_runs and all(t["state"]["type"] == "COMPLETED" for t in task_runs), task_runs
+    return (min(datetime.fromisoformat(t["start_time"]) for t in task_runs),
+            max(datetime.fromisoformat(t["end_time"]) for t in task_runs))
+
+
+def test_a_retrain_started_with_a_pipeline_run_waits_for_it_then_runs(work: Path, project: Path, api: str,
+                                                                     pipeline_run: dict) -> None:
+    """Last in the module: it registers model versions that the tests above count."""
+    registry = mlflow_client(work)
+    before = sorted(int(v.version) for v in registry.search_model_versions("name='pianola'"))
+    # Work for both flows, whichever goes first: the pipeline sees a new training seed, the retrain new pieces.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["seed"] += 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    incoming = work / "incoming"
+    for key in (7, 8, 9):
+        make_midi(incoming / f"new{key}.mid", motif_notes(key, bars=20))
+
+    started = datetime.now(UTC)
+    commands = {"pipeline": [sys.executable, "-m", "flows.pipeline"],
+                "retrain": [sys.executable, "-m", "flows.retrain", "--current", str(incoming)]}
+    processes, logs = {}, {}
+    for name, args in commands.items():  # at the same moment: both wait for the same Prefect server to answer
+        logs[name] = (work / f"concurrent-{name}.stdout", work / f"concurrent-{name}.stderr")
+        with open(logs[name][0], "w") as out, open(logs[name][1], "w") as err:
+            processes[name] = subprocess.Popen(args, cwd=project, env=flow_env(work, api), stdout=out, stderr=err,
+                                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 2 * RUN_S
+        for name, process in processes.items():
+            try:
+                process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"{name} not finished after {2 * RUN_S} s:\n{tail(logs[name][1])}") from None
+    finally:
+        for process in processes.values():
+            stop(process)
+    for name, process in processes.items():  # both ran: neither failed on DVC's lock
+        assert process.returncode == 0, f"{name} exited {process.returncode}:\n{tail(logs[name][1], 8000)}"
+    results = {name: json.loads(logs[name][0].read_text()) for name in processes}
+    stderr = {name: logs[name][1].read_text() for name in processes}
+    assert len(results["retrain"]["added"]) == 3
+    # Each acquired the workspace once (the pipeline that the retrain runs inside its slot did not wait on it).
+    for name in processes:
+        assert stderr[name].count("Acquired 'pianola-workspace'") == 1, stderr[name][-3000:]
+        assert stderr[name].count("Released 'pianola-workspace'") == 1, stderr[name][-3000:]
+
+    # Their workspace-writing spans did not overlap, though the later one was already running during the first.
+    client = httpx.Client(base_url=api, timeout=30, transport=RetryUnavailable())
+    try:
+        def flow_runs(flow: str) -> list[dict]:
+            """The runs of `flow` since the two started, not counting the served deployments' (whose scheduled
+            runs match a start-time filter by their expected start)."""
+            return client.post("/flow_runs/filter", json={"flows": {"name": {"any_": [flow]}}, "flow_runs": {
+                "start_time": {"after_": started.isoformat()}, "deployment_id": {"is_null_": True}}}).json()
+
+        pipelines, retrains = flow_runs("pipeline"), flow_runs("retrain")
+        assert len(retrains) == 1 and len(pipelines) == 2  # the pipeline's run, and the one the retrain ran
+        top = [r for r in pipelines if r["parent_task_run_id"] is None]
+        inner = [r for r in pipelines if r["parent_task_run_id"] is not None]
+        assert len(top) == 1 and len(inner) == 1
+        runs = {"pipeline": top[0], "retrain": retrains[0]}
+        assert all(r["state"]["type"] == "COMPLETED" for r in pipelines + retrains)
+        span = {"pipeline": spans(client, [top[0]["id"]]), "retrain": spans(client, [retrains[0]["id"], inner[0]["id"]])}
+        first, second = sorted(span, key=lambda name: span[name][0])
+        assert span[first][1] <= span[second][0], span
+        assert datetime.fromisoformat(runs[second]["start_time"]) < span[first][1], (runs, span)
+        assert "Workspace busy (another flow holds 'pianola-workspace')" in stderr[second], stderr[second][-3000:]
+        assert "Workspace busy" not in stderr[first], stderr[first][-3000:]
+        limit = client.get("/v2/concurrency_limits/pianola-workspace").json()
+        assert limit["limit"] == 1 and limit["active_slots"] == 0, limit
+    finally:
+        client.close()
+
+    # Registry and DVC consistent: a version per flow that had something to train (the second one has nothing
+    # left when the retrain went first), the champion loads, nothing left to reproduce.
+    trained = 2 if first == "pipeline" else 1
+    after = sorted(int(v.version) for v in registry.search_model_versions("name='pianola'"))
+    assert after == before + [before[-1] + i for i in range(1, trained + 1)]
+    assert results["retrain"]["candidate"] == str(after[-1])
+    assert results["pipeline"]["candidate"] == str(after[-1] if first == "retrain" else after[-2])
+    champion = registry.get_model_version_by_alias("pianola", "champion")
+    load = "from pianola.models.bundle import load_bundle; print(load_bundle('models:/pianola@champion').model_name)"
+    loaded = run([sys.executable, "-c", load], project, flow_env(work))
+    assert loaded.stdout.split()[-1] == params["train"]["model"] and int(champion.version) in after
+    status = run([sys.executable, "-m", "dvc", "status"], project, flow_env(work))
+    assert "Data and pipelines are up to date" in status.stdout
