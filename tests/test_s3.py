@@ -82,6 +82,15 @@ def test_a_store_that_dies_during_ingest_stops_it_clearly_and_keeps_the_files_fe
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # a dead endpoint fails at once, not after minutes of retries
         put(server, bucket, {f"midi/p{pitch}.mid": midi_bytes(tmp_path, pitch) for pitch in range(50, 56)})
         client = s3_client(server.endpoint)
+        deadline = time.monotonic() + 30
+        for pitch in range(50, 56):  # a new SeaweedFS may answer its first reads with InternalError: wait them out
+            while True:
+                try:
+                    client.get_object(Bucket=bucket, Key=f"midi/p{pitch}.mid")["Body"].read()
+                    break
+                except Exception:  # noqa: BLE001 - retried until the deadline
+                    assert time.monotonic() < deadline, "the objects never became readable"
+                    time.sleep(0.2)
         fetched: list[str] = []
 
         def crash_after_two(params, **_) -> None:

@@ -189,11 +189,7 @@ def _ingest_item(
     if _same_bytes(target, data):
         report.unchanged += 1
     else:
-        try:
-            atomic_write_bytes(target, data)
-        except OSError as e:
-            # The output folder is broken (permissions, disk full): every later file would fail too.
-            raise PianolaError(f"cannot write {target}: {e.strerror or e}") from e
+        atomic_write_bytes(target, data)  # a broken output folder (full, read-only) stops the run: WriteFailed
         report.written += 1
     entry.update(name=name, status="ok")
     return entry

@@ -189,6 +189,8 @@ class MlflowMetrics(keras.callbacks.Callback):
         row = {k: float(v) for k, v in (logs or {}).items() if k in {"loss", "accuracy", "val_loss", "val_accuracy"}}
         row["seconds"] = round(time.monotonic() - self.start, 1)
         mlflow.log_metrics(row, step=epoch)
+        # A rerun after a kill may replay epochs the saved history already holds: each epoch is kept once.
+        self.history[:] = [h for h in self.history if h["epoch"] < epoch]
         self.history.append({"epoch": epoch, **row})
 
 
@@ -306,11 +308,12 @@ def train(
                     atomic_write_json(state_path, {"run_id": run.info.run_id, "history": history})
 
             callbacks: list[keras.callbacks.Callback] = [
-                keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+                MlflowMetrics(history),
+                SaveState(),  # before the checkpoint: a kill between the two never leaves an epoch out of the history
+                # Two checkpoints, written in turn: a kill while one is written leaves the other to resume from.
+                keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
                 TimeBudget(config.max_minutes),
-                MlflowMetrics(history),
-                SaveState(),
                 *(extra_callbacks or []),
             ]
             if keras.backend.backend() == "tensorflow":
