@@ -161,3 +161,30 @@ def registry(bundle_dir: Path, tmp_path_factory) -> str:
             version = register_bundle(bundle_dir)
         mlflow.MlflowClient().set_registered_model_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION, version)
     return uri
+
+
+def tiny_dvc_repo(repo: Path, source: Path, remote: Path, env: dict) -> Path:
+    """A git + DVC repository at `repo` holding this project's code, dvc.yaml and a params.yaml made quick (timed
+    tokens, windows of 16, the demo preset, one short piece without WAV), ingesting the MIDI folder `source`, with
+    the local DVC remote `remote`."""
+    import shutil
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("pianola", "tasks", "flows"):
+        shutil.copytree(root / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(root / "dvc.yaml", repo / "dvc.yaml")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["ingest"]["source"] = str(source)
+    params["tokenize"]["tokenizer"] = "timed"
+    params["sequences"].update(window=16, valid_fraction=0.34)
+    params["train"]["preset"] = "demo"
+    params["generate"].update(n=1, length=32, flags={"wav": False})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
+                    [sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)]):
+        done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return repo

@@ -37,9 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import make_midi, motif_notes
+from conftest import make_midi, motif_notes, tiny_dvc_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -235,26 +234,13 @@ def project(tmp_path_factory) -> Project:
         make_midi(work / "source" / f"piece{key}.mid", motif_notes(key))
     (work / "hook").mkdir()
     (work / "hook" / "sitecustomize.py").write_text(HOOK)
-    repo = work / "repo"
-    for name in ("pianola", "tasks", "flows"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["ingest"]["source"] = str(work / "source")
-    params["tokenize"]["tokenizer"] = "timed"
-    params["sequences"].update(window=16, valid_fraction=0.34)
-    params["train"]["preset"] = "demo"
-    params["generate"].update(n=1, length=32, flags={"wav": False})
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = os.environ | {
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(work / "hook"), os.environ.get("PYTHONPATH")])),
         "PYTHONUNBUFFERED": "1",
     }
-    run(["git", "init", "-q"], repo, env)
-    run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
-    run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(work / "dvc-remote")], repo, env)
+    repo = tiny_dvc_repo(work / "repo", work / "source", work / "dvc-remote", env)
     log = work / "renames.log"
     printed = run([sys.executable, "-m", "dvc", "repro"], repo, env | {"PIANOLA_FAULT_LOG": str(log)}).stdout
     project = Project(work, repo, env, log.read_text().splitlines(), {}, printed)

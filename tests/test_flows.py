@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from prefect.states import Failed
 
-from conftest import free_port, make_midi, motif_notes, stop, wait_until_up
+from conftest import free_port, make_midi, motif_notes, stop, tiny_dvc_repo, wait_until_up
 from fixtures_s3 import AWS_VARIABLES, SeaweedFS, s3_bucket, s3_server  # noqa: F401 - fixtures, found by pytest among the module's names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,22 +88,7 @@ def project(work: Path) -> Path:
     for key in range(6):
         piece = make_midi(work / "source" / f"piece{key}.mid", motif_notes(key))
         symusic.Score(str(piece)).shift_pitch(24).dump_midi(str(work / "drifted" / f"up{key}.mid"))  # two octaves up
-    repo = work / "repo"
-    for name in ("pianola", "tasks", "flows"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["ingest"]["source"] = str(work / "source")
-    params["tokenize"]["tokenizer"] = "timed"
-    params["sequences"].update(window=16, valid_fraction=0.34)
-    params["train"]["preset"] = "demo"
-    params["generate"].update(n=1, length=32, flags={"wav": False})
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = flow_env(work)
-    run(["git", "init", "-q"], repo, env)
-    run([sys.executable, "-m", "dvc", "init", "-q"], repo, env)
-    run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(work / "dvc-remote")], repo, env)
-    return repo
+    return tiny_dvc_repo(work / "repo", work / "source", work / "dvc-remote", flow_env(work))
 
 
 def flow_env(work: Path, api: str | None = None) -> dict:
