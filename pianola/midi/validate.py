@@ -5,6 +5,7 @@ Cheap byte checks come first, each with a specific reason; symusic's parser is t
 
 from __future__ import annotations
 
+import re
 import struct
 
 import symusic
@@ -13,6 +14,22 @@ MAX_VLQ_BYTES = 4  # the MIDI spec caps variable-length quantities at 4 bytes (0
 DRUM_CHANNEL = 10  # as musicians count channels (9 counting from 0)
 SNIFF_BYTES = 512  # enough of the start to tell text from binary
 DEFAULT_MAX_BYTES = 4_000_000  # the size cap of a MIDI file, unless ingest is told otherwise
+
+
+# The common case of a track, many well-formed events in a row, is skipped by one regex match (in C) instead of
+# a Python loop per event. An event is a delta time, then: a status byte and its data bytes, data bytes alone
+# under the running status, or a short meta event (tempo, meters, keys, end of track: a payload of at most 7
+# bytes). One pattern per data-byte count of the running status (and one for none yet); a status byte of the other count, a longer
+# meta event, a sysex event or anything malformed ends the match, and the loop below takes that one event.
+# The last status byte matched is captured (a repeated group keeps its last match): the running status after.
+_DELTA = rb"[\x80-\xff]{0,3}[\x00-\x7f]"
+_SHORT_META = rb"\xff[\x00-\x7f](?:" + rb"|".join(bytes([n]) + rb".{%d}" % n for n in range(8)) + rb")"
+_FAST_EVENTS = {
+    count: re.compile(rb"(?:" + _DELTA + rb"(?:(" + status + rb")[\x00-\x7f]{%d}|[\x00-\x7f]{%d}|" % (count, count)
+                      + _SHORT_META + rb"))*", re.DOTALL)
+    for count, status in ((2, rb"[\x80-\xbf\xe0-\xef]"), (1, rb"[\xc0-\xdf]"))
+}
+_FAST_EVENTS[0] = re.compile(rb"(?:" + _DELTA + _SHORT_META + rb")*", re.DOTALL)  # no running status yet: metas only
 
 
 class _Corrupt(Exception):
@@ -133,6 +150,12 @@ def _scan_track(data: bytes, pos: int, end: int, track: int) -> None:
     where = f"track {track}"
     running = 0  # the last channel status; kept across meta/sysex events as lenient readers (symusic) do
     while pos < end:
+        fast = _FAST_EVENTS[_data_bytes(running) if running else 0].match(data, pos, end)
+        if fast.re.groups and fast.group(1):
+            running = fast.group(1)[0]
+        pos = fast.end()
+        if pos >= end:
+            break
         pos = _skip_vlq(data, pos, end, where)  # delta time
         if pos >= end:
             raise _Corrupt(f"corrupt event: {where} ends after a delta time at byte {pos}")
@@ -152,13 +175,18 @@ def _scan_track(data: bytes, pos: int, end: int, track: int) -> None:
             pos += 1
         elif not running:
             raise _Corrupt(f"corrupt event: data byte 0x{byte:02x} without a running status in {where} at byte {pos}")
-        count = 1 if running & 0xE0 == 0xC0 else 2  # program change and channel pressure: 1 data byte
+        count = _data_bytes(running)
         if pos + count > end:
             raise _Corrupt(f"corrupt event: {where} ends inside an event at byte {pos}")
         for i in range(pos, pos + count):
             if data[i] > 127:
                 raise _Corrupt(f"corrupt event: data byte 0x{data[i]:02x} > 127 in {where} at byte {i}")
         pos += count
+
+
+def _data_bytes(status: int) -> int:
+    """Data bytes of a channel event: 1 for program change and channel pressure, else 2."""
+    return 1 if status & 0xE0 == 0xC0 else 2
 
 
 def _skip_vlq(data: bytes, pos: int, end: int, where: str) -> int:
