@@ -16,9 +16,10 @@ import typer
 from prefect import flow
 
 from flows import cli
+from flows.corpus import ADDRESS_VARIABLE, corpus
 from pianola.params import section
 from tasks.artifacts import leave_summary, table
-from tasks.dvc import pipeline_stages, run_stage
+from tasks.dvc import commit_stages, pipeline_stages, run_stage
 from tasks.dvc import push as dvc_push
 from tasks.models import heldout_metrics, promote_candidate, version_run_id
 from tasks.workspace import workspace
@@ -28,11 +29,18 @@ from tasks.workspace import workspace
 def pipeline(
     midi: Annotated[str | None, typer.Option(help="Folder holding the validation pieces' MIDI files, for promotion (default: params.yaml ingest.out)")] = None,
     push: Annotated[bool, typer.Option(help="Push the DVC-tracked outputs to the default DVC remote")] = True,
+    dask_address: Annotated[str | None, typer.Option(help=f"Run ingest and tokenize on the Dask scheduler at tcp://HOST:PORT (default: ${ADDRESS_VARIABLE})")] = None,
+    dask_workers: Annotated[int, typer.Option(help="Run ingest and tokenize on a local Dask cluster of this many processes (0: in the stages' own process)")] = 0,
 ) -> dict:
     """Reproduce every DVC stage, promote the candidate only if it beats the champion, push the data."""
     # One writer of the workspace at a time (tasks/workspace.py); inside a retrain, which holds it already, a no-op.
     with workspace("the pipeline"):
         stages = pipeline_stages()
+        dask_address = dask_address or os.environ.get(ADDRESS_VARIABLE) or None
+        if dask_address or dask_workers:
+            # the corpus stages' files on the cluster, their outputs recorded by DVC as if `dvc repro` had run them
+            corpus(dask_address=dask_address, workers=dask_workers or 2)
+            commit_stages(["ingest", "tokenize"])
         for stage in stages:
             run_stage(stage)
         promotion = promote_candidate(midi or section("ingest").get("out", "data/raw"))

@@ -49,19 +49,15 @@ def tokenize(
     steps_per_quarter: Annotated[int, typer.Option(help="Grid of the timed and remi tokenizers")] = 12,
     frames_per_quarter: Annotated[int, typer.Option(help="Grid of the roll tokenizer (2: eighth notes)")] = 2,
     plots: Annotated[bool, typer.Option(help="Draw the corpus plots")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Turn every MIDI file of IN into a token sequence."""
     from pianola.data.corpus import tokenize_corpus
-    from pianola.tokenizers import TOKENIZERS, get_tokenizer
+    from pianola.tokenizers import TOKENIZERS, stage_tokenizer
 
     check_choices({"tokenize.tokenizer": TOKENIZERS})
-    config = ({"steps_per_quarter": steps_per_quarter} if tokenizer in ("timed", "remi")
-              else {"frames_per_quarter": frames_per_quarter} if tokenizer == "roll" else {})
-    try:
-        chosen = get_tokenizer(tokenizer, **config)
-    except ValueError as e:
-        raise PianolaError(str(e)) from e
-    report = tokenize_corpus(in_dir, out, chosen, plots=plots)
+    chosen = stage_tokenizer(tokenizer, steps_per_quarter=steps_per_quarter, frames_per_quarter=frames_per_quarter)
+    report = tokenize_corpus(in_dir, out, chosen, plots=plots, progress=progress)
     typer.echo(report.summary())
 
 
@@ -107,8 +103,15 @@ def train(
     transpose: Annotated[int | None, typer.Option(help="Override the preset's random transposition (+-semitones)")] = None,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     register: Annotated[bool, typer.Option(help="Register the bundle in the MLflow Model Registry as candidate")] = True,
+    workers: Annotated[int, typer.Option(min=1, help="Train as a cluster of this many worker processes on this "
+                                                     "machine (see docs/distributed.md)")] = 1,
 ) -> None:
-    """Train a model, track it in MLflow, save it as a bundle and register it as `candidate`."""
+    """Train a model, track it in MLflow, save it as a bundle and register it as `candidate`.
+
+    With TF_CONFIG set, this process is one worker of a cluster (docs/distributed.md)."""
+    import os
+    import sys
+
     from pianola.models import MODEL_NAMES
     from pianola.training.train import PRESETS, preset_config
     from pianola.training.train import train as run_train
@@ -117,8 +120,19 @@ def train(
     overrides = {"epochs": epochs, "max_minutes": max_minutes, "transpose": transpose}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     config = preset_config(model, preset, seed=seed, **overrides)
+    if workers > 1:
+        from pianola.training.distributed import run_local_cluster
+
+        if os.environ.get("TF_CONFIG"):
+            raise PianolaError("--workers starts a cluster of its own: unset TF_CONFIG, or leave --workers out")
+        options = {"--model": model, "--preset": preset, "--sequences": sequences_dir, "--out": out, "--epochs": epochs,
+                   "--max-minutes": max_minutes, "--transpose": transpose, "--seed": seed}
+        command = [sys.executable, "-m", "pianola.cli", "train", "--register" if register else "--no-register"]
+        command += [str(part) for name, value in options.items() if value is not None for part in (name, value)]
+        run_local_cluster(command, workers, Path("logs"))  # the chief prints the summary
+        return
     result = run_train(sequences_dir, out, config, register=register)
-    typer.echo(result.summary())
+    typer.echo(result.summary() if result else "worker done: the chief (worker 0) saves and registers the bundle")
 
 
 @app.command()

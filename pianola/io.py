@@ -103,6 +103,26 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
+def scratch_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `target` (`.NAME.XXXXXXXX.tmp`, locked while in use), removed at
+    the end: room for the pieces a writer of `target` puts together. What a killed writer leaves is cleaned by
+    the next write beside it, as any temporary file."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(target.parent, once=True)
+        fd, folder = _locked(lambda: (None, tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP, dir=target.parent)))
+    except OSError as e:
+        raise WriteFailed(target, _reason(e), folder=True) from e
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
+
+
+@contextmanager
 def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty staging folder beside `target`; on success it replaces `target` whole.
 
@@ -111,13 +131,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     folder if a kill stops it there). A failure is a WriteFailed naming `target`; the previous folder is kept.
     """
     target = Path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        clean_leftovers(target.parent, once=True)
-        fd, staging = _locked(lambda: (None, tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP, dir=target.parent)))
-    except OSError as e:
-        raise WriteFailed(target, _reason(e), folder=True) from e
-    try:
+    with scratch_folder(target) as staging:
         try:
             yield staging
             os.chmod(staging, _FOLDER_MODE)
@@ -126,10 +140,6 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
             raise WriteFailed(target, _reason(e), folder=True, aside=_aside(staging)) from e
         except WriteFailed as e:  # a file of the folder: the folder is what failed
             raise WriteFailed(target, e.reason, folder=True) from e
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if fd is not None:
-            os.close(fd)
 
 
 def _aside(staging: Path) -> Path:
@@ -263,7 +273,11 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write `obj` as indented JSON, encoded straight into the file: a large object (the manifest of a corpus of
+    20,000 files) is never held whole as one string, nor as the many pieces the indenting encoder joins."""
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
 
 
 def atomic_write_with(target: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:

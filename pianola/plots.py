@@ -5,6 +5,7 @@ matplotlib is imported here only, on first use, so commands that draw nothing st
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 from collections import Counter
@@ -31,17 +32,18 @@ class PlotWorker:
     """Draws the corpus plots in a forked process that imports matplotlib while the caller tokenizes.
 
     Importing matplotlib costs most of a second, as long as tokenizing a whole corpus: on a second
-    core, the two overlap. `draw` hands over the data and waits for the files; `close` ends the worker.
+    core, the two overlap. The worker also draws the piece plot of `example` (the first file, usually the
+    piece drawn) meanwhile, kept in memory. `draw` hands over the data and waits for the files; `close` ends
+    the worker.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, example: Path | None = None) -> None:
         context = multiprocessing.get_context("fork")
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_plot_worker, args=(child,), daemon=True)
+        self.process = context.Process(target=_plot_worker, args=(child, example), daemon=True)
         self.process.start()
 
     def draw(self, out_dir: Path, counts: Counter, pitch_histogram: np.ndarray, example: Path) -> None:
-
         self.connection.send((out_dir, counts, pitch_histogram, example))
         error = self.connection.recv()
         if error:
@@ -53,44 +55,74 @@ class PlotWorker:
         self.process.join()
 
 
-def _plot_worker(connection) -> None:
-    """Import matplotlib, then draw the plots of the job received (None: nothing to draw)."""
+def _plot_worker(connection, example: Path | None) -> None:
+    """Import matplotlib and draw `example`'s piece plot, then the plots of the job received (None: nothing to draw)."""
     pyplot()
+    try:
+        early = (example, _png(piece_figure(example))) if example is not None else None
+    except Exception:  # noqa: BLE001 - an unreadable first file is skipped by the tokenizer: the job names another
+        early = None
     job = connection.recv()
     if job is None:
         return
+    out_dir, counts, pitch_histogram, chosen = job
     try:
-        corpus_plots(*job)
+        counts_plots(out_dir, counts, pitch_histogram)
+        if early is not None and early[0] == chosen:
+            with atomic_path(out_dir / "pitch_offset.png") as tmp:
+                Path(tmp).write_bytes(early[1])
+        else:
+            save_figure(piece_figure(chosen), out_dir / "pitch_offset.png")
         connection.send("")
     except Exception as e:  # reported to the parent, which raises it for the user
         connection.send(f"{type(e).__name__}: {e}")
 
 
-def save_figure(fig, path: str | os.PathLike) -> None:
-    """Save a matplotlib figure as PNG atomically, then close it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+def _png(fig) -> bytes:
+    """`fig` as PNG bytes, then closed. Margins are the figure's own (subplots_adjust), not measured from its
+    text with bbox_inches="tight", which costs a second rendering: the corpus plots are on the tokenize
+    command's critical path."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     pyplot().close(fig)
+    return buffer.getvalue()
 
 
-def corpus_plots(out_dir: Path, counts: Counter, pitch_histogram: np.ndarray, example: Path) -> None:
-    """token_frequency.png, pitch_class_frequency.png and pitch_offset.png (one piece), as in the paper."""
+def save_figure(fig, path: str | os.PathLike, *, tight: bool = True) -> None:
+    """Save a matplotlib figure as PNG atomically (cropped to what it draws where `tight`), then close it."""
+    with atomic_path(path) as tmp:
+        if tight:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            pyplot().close(fig)
+        else:
+            Path(tmp).write_bytes(_png(fig))
+
+
+def counts_plots(out_dir: Path, counts: Counter, pitch_histogram: np.ndarray) -> None:
+    """token_frequency.png and pitch_class_frequency.png."""
     plt = pyplot()
-
     top = counts.most_common(40)
+    longest = max((len(t) for t, _ in top), default=1)
     fig, ax = plt.subplots(figsize=(12, 4))
     ax.bar(range(len(top)), [c for _, c in top])
     ax.set_xticks(range(len(top)), [t for t, _ in top], rotation=90, fontsize=7)
     ax.set_title(f"Token frequency (40 most frequent of {len(counts)})")
     ax.set_ylabel("count")
-    save_figure(fig, out_dir / "token_frequency.png")
+    # room under the axis for the longest label, upright: about 0.055 inch a character at 7 points
+    fig.subplots_adjust(left=0.07, right=0.99, top=0.92, bottom=min(0.6, 0.08 + 0.055 * longest / 4))
+    save_figure(fig, out_dir / "token_frequency.png", tight=False)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(PITCH_CLASS_NAMES, [int(pitch_histogram[pc::12].sum()) for pc in range(12)])
     ax.set_title("Pitch-class frequency")
     ax.set_ylabel("notes")
-    save_figure(fig, out_dir / "pitch_class_frequency.png")
+    fig.subplots_adjust(left=0.15, right=0.97, top=0.92, bottom=0.08)
+    save_figure(fig, out_dir / "pitch_class_frequency.png", tight=False)
 
+
+def piece_figure(example: Path):
+    """The paper's pitch against offset plot of one piece."""
+    plt = pyplot()
     score = load_score(example)
     fig, ax = plt.subplots(figsize=(12, 4))
     for track in score.tracks:
@@ -103,7 +135,8 @@ def corpus_plots(out_dir: Path, counts: Counter, pitch_histogram: np.ndarray, ex
     ax.set_title(f"Pitch against offset: {example.name}")
     ax.set_xlabel("offset (quarters)")
     ax.set_ylabel("MIDI pitch")
-    save_figure(fig, out_dir / "pitch_offset.png")
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.92, bottom=0.13)
+    return fig
 
 
 def training_curves(history: list[dict], path: str | os.PathLike, title: str) -> None:

@@ -54,6 +54,13 @@ def run_stage(stage: str, force: bool = False) -> str:
     return stdout
 
 
+@task(name="dvc commit", cache_policy=NO_CACHE)
+def commit_stages(stages: list[str]) -> str:
+    """`dvc commit --force STAGE...`: record outputs made outside `dvc repro` (the corpus flow's) in dvc.lock and the
+    cache, so the `dvc repro` that follows finds these stages up to date."""
+    return dvc("commit", "--force", *stages)
+
+
 @task(name="dvc push", retries=RETRIES, retry_delay_seconds=exponential_backoff(BACKOFF_SECONDS),
       retry_condition_fn=retry_unless_bad_input, cache_policy=NO_CACHE)
 def push() -> str:

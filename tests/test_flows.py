@@ -103,9 +103,10 @@ def flow_env(work: Path, api: str | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def pipeline_run(work: Path, project: Path, api: str) -> dict:
-    """`python -m flows.pipeline` once on the tiny project; its printed result. What it printed is kept as bytes in
-    work/pipeline.stdout and work/pipeline.stderr (text=True would have turned carriage returns into newlines)."""
-    args = [sys.executable, "-m", "flows.pipeline"]
+    """`python -m flows.pipeline` once on the tiny project, ingest and tokenize on a local Dask cluster; its printed
+    result. What it printed is kept as bytes in work/pipeline.stdout and work/pipeline.stderr (text=True would have
+    turned carriage returns into newlines). The plain path, every stage in `dvc repro`, is the retrain flow's."""
+    args = [sys.executable, "-m", "flows.pipeline", "--dask-workers", "2"]
     done = subprocess.run(args, cwd=project, env=flow_env(work, api), capture_output=True, check=False)
     (work / "pipeline.stdout").write_bytes(done.stdout)
     (work / "pipeline.stderr").write_bytes(done.stderr)
@@ -133,6 +134,11 @@ def test_pipeline_flow_trains_registers_generates_and_leaves_dvc_clean(
     status = run([sys.executable, "-m", "dvc", "status"], project, flow_env(work))
     assert "Data and pipelines are up to date" in status.stdout
     assert any((work / "dvc-remote").rglob("*"))
+    # Ingest and tokenize ran on the cluster, and DVC, told of their outputs (`dvc commit`), ran only the stages after
+    stderr = (work / "pipeline.stderr").read_bytes().decode(errors="replace")
+    assert "Dask cluster local: 2 worker(s)" in stderr
+    assert "Stage 'ingest' didn't change, skipping" in stderr and "Stage 'tokenize' didn't change, skipping" in stderr
+    assert "Running stage 'sequences'" in stderr
     top_level = {"flows": {"name": {"any_": ["pipeline"]}},
                  "flow_runs": {"deployment_id": {"is_null_": True}, "parent_task_run_id": {"is_null_": True}}}
     assert [r["state"]["type"] for r in httpx.post(f"{api}/flow_runs/filter", json=top_level).json()] == ["COMPLETED"]

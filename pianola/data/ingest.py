@@ -10,37 +10,39 @@ so a re-run is cheap and keeps their timestamps. A run that ingests nothing rais
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
+from pianola.data.shards import (
+    PROGRESS_MIN_ITEMS,
+    SHARD_FILES,
+    ShardMap,
+    progress_bar,
+    shards_of,
 )
-
 from pianola.data.sources import open_source
 from pianola.data.sources.base import MIDI_SUFFIXES, Source, SourceItem, SourceReadError
 from pianola.data.sources.local import FolderSource
 from pianola.errors import PianolaError, SourceUnavailable
 from pianola.io import atomic_write_bytes, atomic_write_json
 from pianola.midi import midi_files
-from pianola.midi.validate import DEFAULT_MAX_BYTES, oversize_reason, reason_kind, validate_midi
+from pianola.midi.validate import (
+    DEFAULT_MAX_BYTES,
+    oversize_reason,
+    reason_kind,
+    validate_midi,
+)
 
 MANIFEST = "manifest.json"
 OUTPUT_SUFFIX = ".mid"
 MAX_NAME_CHARS = 120  # well under file-system limits once a "-NN" dedup suffix is added
-PROGRESS_MIN_ITEMS = 5  # a bar for a handful of files is only noise
 UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -54,14 +56,8 @@ class IngestReport:
     written: int = 0  # ok files new or changed on disk
     unchanged: int = 0  # ok files already present with the same bytes
     removed: list[str] = field(default_factory=list)  # stale files deleted from out_dir
-
-    @property
-    def ok(self) -> int:
-        return sum(e["status"] == "ok" for e in self.entries)
-
-    @property
-    def rejected(self) -> int:
-        return sum(e["status"] == "rejected" for e in self.entries)
+    ok: int = 0
+    rejected: int = 0
 
     def top_reasons(self, n: int = 3) -> str:
         """'2 truncated, 1 duplicate': the most common rejection kinds."""
@@ -77,6 +73,30 @@ class IngestReport:
         return line
 
 
+class _Admission:
+    """The decisions that depend on every earlier input, made in input order: duplicates and output names."""
+
+    def __init__(self, report: IngestReport):
+        self.report = report
+        self.first_copy: dict[str, str] = {}  # sha256 -> output name of the first ok file with those bytes
+        self.taken: set[str] = set()  # output names in use, case-folded (macOS and Windows ignore case)
+
+    def admit(self, entry: dict[str, Any]) -> bool:
+        """Record `entry` (as inspect_item left it); True when it is a new ok file, now named in `entry`."""
+        if entry["status"] == "checked":
+            sha256 = entry["sha256"]
+            if sha256 in self.first_copy:
+                entry.update(status="rejected", reason=f"duplicate of {self.first_copy[sha256]}")
+            else:
+                entry.update(name=_unique_name(safe_name(entry["name"]), self.taken), status="ok")
+                self.first_copy[sha256] = entry["name"]
+        self.report.entries.append(entry)
+        ok = entry["status"] == "ok"
+        self.report.ok += ok
+        self.report.rejected += not ok
+        return ok
+
+
 def ingest(
     source: str | Source,
     out_dir: Path,
@@ -84,34 +104,38 @@ def ingest(
     max_bytes: int = DEFAULT_MAX_BYTES,
     limit: int = 0,
     progress: bool = True,
+    map_shards: ShardMap | None = None,
+    shard_files: int = SHARD_FILES,
 ) -> IngestReport:
     """Validate every item of `source` and write the good ones to `out_dir` with a manifest.
 
     `limit` > 0 stops after that many files are ingested (the manifest then lists the inputs seen so far).
+    With `map_shards`, the items are listed first, then checked and written in shards of `shard_files` through
+    it (only a source whose items travel to other processes can: a folder); the output is the same, byte for byte.
     """
     src = open_source(source, out_dir=out_dir, max_bytes=max_bytes) if isinstance(source, str) else source
     out_dir = Path(out_dir)
     report = IngestReport(source=src.spec, out_dir=out_dir, entries=[])
-    first_copy: dict[str, str] = {}  # sha256 -> output name of the first ok file with those bytes
-    taken: set[str] = set()  # output names in use, case-folded (macOS and Windows ignore case)
+    admission = _Admission(report)
     if isinstance(src, FolderSource) and out_dir.resolve().is_relative_to(src.root.resolve()):
         # Stale-file removal would delete the rejected inputs, and the walk would read its own output.
         raise PianolaError(f"output folder {out_dir} is inside the source folder {src.spec}; choose one outside it")
-    estimate = src.estimated_count()
+    if map_shards is not None and not src.portable_items:
+        raise PianolaError(f"source {src.spec!r}: its files can only be read by this process; ingest it without workers")
+    items: Iterator[SourceItem] | list[SourceItem] = src.items()
+    if map_shards is not None:
+        items = list(items)
+    estimate = len(items) if isinstance(items, list) else src.estimated_count()
     # With a limit the run ends on the ok count, so that is what the bar counts.
     by_ok = bool(limit) and (estimate is None or limit < estimate)
     total = limit if by_ok else estimate
     show = progress and (estimate is None or estimate > PROGRESS_MIN_ITEMS)
-    items = src.items()
     try:
-        with _progress_bar(show, f"ingest {src.spec}", total) as advance:
-            for item in items:
-                entry = _ingest_item(item, out_dir, max_bytes, first_copy, taken, report)
-                report.entries.append(entry)
-                ok = entry["status"] == "ok"
-                advance(int(ok or not by_ok), f"{report.ok} ok, {report.rejected} rejected")
-                if limit and report.ok >= limit:
-                    break
+        with progress_bar(show, f"ingest {src.spec}", total) as advance:
+            if map_shards is None:
+                _ingest_here(items, out_dir, max_bytes, limit, admission, advance, by_ok)
+            else:
+                _ingest_sharded(items, out_dir, max_bytes, limit, admission, advance, by_ok, map_shards, shard_files)
     except SourceUnavailable as e:
         raise SourceUnavailable(f"{e}; ingest stopped after {report.ok} file(s), which stay in {out_dir}: rerun it "
                                 "when the source is back (files already there are kept as they are)") from None
@@ -136,15 +160,51 @@ def ingest(
     return report
 
 
-def _ingest_item(
-    item: SourceItem,
-    out_dir: Path,
-    max_bytes: int,
-    first_copy: dict[str, str],
-    taken: set[str],
-    report: IngestReport,
-) -> dict[str, Any]:
-    """One input -> its manifest entry; writes the file when it is good and new."""
+def _ingest_here(items, out_dir, max_bytes, limit, admission, advance, by_ok) -> None:
+    """Each item read, checked and written in turn, in this process."""
+    report = admission.report
+    for item in items:
+        entry, data = inspect_item(item, max_bytes)
+        if admission.admit(entry):
+            if place_file(out_dir / entry["name"], data):
+                report.written += 1
+            else:
+                report.unchanged += 1
+        advance(int(entry["status"] == "ok" or not by_ok), f"{report.ok} ok, {report.rejected} rejected")
+        if limit and report.ok >= limit:
+            return
+
+
+def _ingest_sharded(items, out_dir, max_bytes, limit, admission, advance, by_ok, map_shards, shard_files) -> None:
+    """Shards of items checked through `map_shards`, admitted here in input order, then written through it."""
+    report = admission.report
+    shards = shards_of(items, shard_files)
+    to_write: list[tuple[SourceItem, Path, str]] = []
+    checked = map_shards(functools.partial(inspect_items, max_bytes=max_bytes), shards)
+    try:
+        for shard, entries in zip(shards, checked):
+            for item, entry in zip(shard, entries):
+                if admission.admit(entry):
+                    to_write.append((item, out_dir / entry["name"], entry["sha256"]))
+                if limit and report.ok >= limit:
+                    break
+            advance(sum(e["status"] == "ok" for e in entries) if by_ok else len(entries),
+                    f"{report.ok} ok, {report.rejected} rejected")
+            if limit and report.ok >= limit:
+                break
+    finally:
+        close = getattr(checked, "close", None)  # a limit reached: the shards still running are cancelled
+        if close:
+            close()
+    report.written = sum(map_shards(place_items, shards_of(to_write, shard_files)))
+    report.unchanged = report.ok - report.written
+
+
+def inspect_item(item: SourceItem, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
+    """One input's manifest entry before the decisions that depend on other inputs, and its bytes.
+
+    The entry's status is "rejected" (with the reason) or "checked": a valid MIDI file, its bytes returned.
+    """
     entry: dict[str, Any] = {
         "name": item.name,
         "sha256": None,
@@ -156,43 +216,58 @@ def _ingest_item(
     }
     if item.rejected is not None or item.read is None:  # SourceItem guarantees a reason when read is None
         entry["reason"] = item.rejected
-        return entry
+        return entry, None
     # Never load a huge file only to refuse it.
     if item.size is not None and (reason := oversize_reason(item.size, max_bytes)):
         entry["reason"] = reason
-        return entry
+        return entry, None
     try:
         data = item.read()
     except SourceUnavailable:
         raise
     except SourceReadError as e:
         entry["reason"] = str(e)
-        return entry
+        return entry, None
     except OSError as e:
         entry["reason"] = f"unreadable: {e.strerror or e}"
-        return entry
+        return entry, None
     except Exception as e:  # noqa: BLE001 - whatever one input does, the run goes on
         entry["reason"] = f"unreadable: {type(e).__name__}: {e}"
-        return entry
+        return entry, None
 
-    entry["sha256"] = sha256 = hashlib.sha256(data).hexdigest()
+    entry["sha256"] = hashlib.sha256(data).hexdigest()
     if reason := validate_midi(data, max_bytes=max_bytes):
         entry["reason"] = reason
-        return entry
-    if sha256 in first_copy:
-        entry["reason"] = f"duplicate of {first_copy[sha256]}"
-        return entry
+        return entry, None
+    entry["status"] = "checked"
+    return entry, data
 
-    name = _unique_name(safe_name(item.name), taken)
-    first_copy[sha256] = name
-    target = out_dir / name
+
+def inspect_items(items: list[SourceItem], max_bytes: int) -> list[dict[str, Any]]:
+    """inspect_item of each item, the entries only: the work of one shard, on any worker."""
+    return [inspect_item(item, max_bytes)[0] for item in items]
+
+
+def place_file(target: Path, data: bytes) -> bool:
+    """Write `data` to `target` unless it holds them already; True when written."""
     if _same_bytes(target, data):
-        report.unchanged += 1
-    else:
-        atomic_write_bytes(target, data)  # a broken output folder (full, read-only) stops the run: WriteFailed
-        report.written += 1
-    entry.update(name=name, status="ok")
-    return entry
+        return False
+    atomic_write_bytes(target, data)  # a broken output folder (full, read-only) stops the run: WriteFailed
+    return True
+
+
+def place_items(jobs: list[tuple[SourceItem, Path, str]]) -> int:
+    """Write each item's bytes to its target (one shard of a sharded ingest); returns how many were written.
+
+    The bytes are read again and must still be the ones checked (their SHA-256): a file changed meanwhile stops it.
+    """
+    written = 0
+    for item, target, sha256 in jobs:
+        data = item.read()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise PianolaError(f"{item.source}: changed while it was ingested; run the ingest again")
+        written += place_file(target, data)
+    return written
 
 
 def safe_name(name: str) -> str:
@@ -242,29 +317,6 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> list[str]:
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return removed
-
-
-@contextmanager
-def _progress_bar(show: bool, description: str, total: int | None) -> Iterator[Any]:
-    """Yield advance(steps, label): a transient rich bar on stderr when `show` and stderr is a terminal, else a no-op.
-
-    Not on a file, a pipe or a dumb terminal: rich draws nothing there but still ends with an empty line.
-    """
-    console = Console(stderr=True)
-    if not (show and console.is_interactive):
-        yield lambda steps, label: None
-        return
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[label]}"),
-        TimeElapsedColumn(),
-    )
-    # No auto-refresh: its thread would be inherited mid-write by the music21 source's forked workers.
-    with Progress(*columns, console=console, transient=True, auto_refresh=False) as bar:
-        task = bar.add_task(description, total=total, label="")
-        yield lambda steps, label: bar.update(task, advance=steps, label=label, refresh=True)
 
 
 def merge_new_pieces(current: str | os.PathLike, source: str | os.PathLike) -> list[Path]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pianola.data.corpus import Piece, read_pieces
+from pianola.data.corpus import Piece, iter_pieces, parse_piece, tokens_file
 from pianola.data.vocab import Vocabulary
 from pianola.errors import PianolaError
 from pianola.io import atomic_path, atomic_write_json
@@ -71,11 +73,8 @@ class EncodedSplit:
         return self.ids[self.offsets[i] : self.offsets[i + 1]]
 
     def save(self, path: str | os.PathLike) -> None:
-        arrays = {"ids": self.ids, "offsets": self.offsets, "pieces": np.array(self.pieces, dtype=str)}
-        if self.notes is not None:
-            arrays["notes"] = self.notes
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+        lengths = np.diff(self.offsets)
+        write_split(path, self.pieces, lengths, self.notes, (self.piece_ids(i) for i in range(len(self.pieces))))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EncodedSplit:
@@ -89,29 +88,72 @@ class EncodedSplit:
             raise PianolaError(f"{path}: not a pianola sequences file ({e})") from e
 
 
+def write_split(
+    path: str | os.PathLike, pieces: list[str], lengths: np.ndarray, notes: np.ndarray | None, ids: Iterable[np.ndarray]
+) -> int:
+    """Write a split file (what EncodedSplit.load reads: a compressed .npz) from each piece's ids in turn, so the
+    whole split is never held; returns how many ids are 0 (`<unk>`). `ids` must give `lengths` ids per piece."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    small = {"offsets": offsets, "pieces": np.array(pieces, dtype=str)}
+    if notes is not None:
+        small["notes"] = np.asarray(notes, dtype=np.int64)
+    unknown = written = 0
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        with archive.open("ids.npy", "w", force_zip64=True) as member:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int32)), "fortran_order": False,
+                      "shape": (int(offsets[-1]),)}
+            np.lib.format.write_array_header_1_0(member, header)
+            for piece_ids in ids:
+                piece_ids = np.ascontiguousarray(piece_ids, dtype=np.int32)
+                member.write(piece_ids.tobytes())
+                unknown += int(np.count_nonzero(piece_ids == 0))
+                written += len(piece_ids)
+        if written != offsets[-1]:
+            raise PianolaError(f"{path}: {written} ids written where the pieces' lengths add up to {offsets[-1]}")
+        for name, array in small.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+    return unknown
+
+
 def build_sequences(
     tokens: str | os.PathLike, out_dir: str | os.PathLike, *, window: int = 100, valid_fraction: float = 0.1, seed: int = 42
 ) -> dict:
-    """Write vocab.json, train.npz, valid.npz and meta.json to `out_dir`; return the meta."""
+    """Write vocab.json, train.npz, valid.npz and meta.json to `out_dir`; return the meta.
+
+    tokens.jsonl is read three times, a line at a time: the pieces' names and lengths (to split them), the training
+    pieces' tokens (the vocabulary), then each split's pieces in order (their ids, written as they come). Only
+    per-piece numbers and the vocabulary are held, whatever the size of the corpus.
+    """
     if window < 1:
         raise PianolaError(f"window must be at least 1, got {window}")
     out_dir = Path(out_dir)
-    pieces = read_pieces(tokens)
+    path = tokens_file(tokens)
     tokenizer_config = read_tokenizer_config(tokens)
-    by_name = {p.name: p for p in pieces}
-    train_names, valid_names = split_pieces(list(by_name), valid_fraction, seed)
-    vocab = Vocabulary.build(by_name[n].tokens for n in train_names)
-    meta: dict = {"window": window, "valid_fraction": valid_fraction, "seed": seed, "vocab_size": len(vocab)}
-    for split, names in zip(SPLITS, (train_names, valid_names)):
-        encoded = EncodedSplit.encode([by_name[n] for n in names], vocab)
-        encoded.save(out_dir / f"{split}.npz")
-        meta[split] = {
-            "pieces": names,
-            "tokens": int(len(encoded.ids)),
-            "windows": int(len(encoded.window_starts(window))),
-            "oov_rate": round(float(np.mean(encoded.ids == 0)) if len(encoded.ids) else 0.0, 6),
-            "notes": None if encoded.notes is None else int(encoded.notes.sum()),
-        }
+    # name -> (line offset, line number, tokens, notes); a name given twice keeps its last line
+    index: dict[str, tuple[int, int, int, int | None]] = {
+        piece.name: (offset, number, len(piece.tokens), piece.notes)
+        for number, (offset, piece) in enumerate(iter_pieces(path), 1)
+    }
+    train_names, valid_names = split_pieces(list(index), valid_fraction, seed)
+    with open(path, "rb") as f:
+        vocab = Vocabulary.build(_read_at(f, path, *index[name][:2]).tokens for name in train_names)
+        meta: dict = {"window": window, "valid_fraction": valid_fraction, "seed": seed, "vocab_size": len(vocab)}
+        for split, names in zip(SPLITS, (train_names, valid_names)):
+            lengths = np.array([index[n][2] for n in names], dtype=np.int64)
+            notes = [index[n][3] for n in names]
+            known = bool(names) and all(n is not None for n in notes)
+            unknown = write_split(out_dir / f"{split}.npz", names, lengths, np.array(notes, dtype=np.int64) if known else None,
+                                  (vocab.encode(_read_at(f, path, *index[n][:2]).tokens) for n in names))
+            meta[split] = {
+                "pieces": names,
+                "tokens": int(lengths.sum()),
+                "windows": int(np.maximum(lengths - window, 0).sum()),
+                "oov_rate": round(unknown / lengths.sum() if lengths.sum() else 0.0, 6),
+                "notes": int(sum(notes)) if known else None,
+            }
     if meta["train"]["windows"] == 0:
         raise PianolaError(
             f"{tokens}: no training piece is longer than the window ({window} tokens); add data or lower sequences.window"
@@ -120,6 +162,12 @@ def build_sequences(
     atomic_write_json(out_dir / "tokenizer.json", tokenizer_config)
     atomic_write_json(out_dir / "meta.json", meta)
     return meta
+
+
+def _read_at(f, path: Path, offset: int, number: int) -> Piece:
+    """The piece of line `number` of tokens.jsonl, at byte `offset` of the open file `f`."""
+    f.seek(offset)
+    return parse_piece(f.readline(), path, number)
 
 
 def read_tokenizer_config(tokens: str | os.PathLike) -> dict:

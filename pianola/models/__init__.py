@@ -1,7 +1,7 @@
 """The model zoo: the paper's nine models and ours (`lstm`), built and compiled by name.
 
-Training and evaluation turn windows into inputs with `windows_to_xy`; generation with `lstm` uses
-`step_model` / `advance`. Keras 3 APIs only, so any Keras backend runs them.
+Training and evaluation turn windows into inputs with `windows_to_xy` (`windows_to_xy_tf` in a tf.data
+pipeline); generation with `lstm` uses `step_model` / `advance`. Keras 3 APIs only, so any Keras backend runs them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "model_spec",
     "step_model",
     "windows_to_xy",
+    "windows_to_xy_tf",
     "zero_states",
 ]
 
@@ -167,6 +168,21 @@ def windows_to_xy(windows: np.ndarray, input_kind: str, vocab_size: int) -> tupl
     elif input_kind == "tokens":
         x = windows[:, :-1].astype("int32")  # (B, T)
         y = windows[:, 1:].astype("int32")  # (B, T)
+    else:
+        raise PianolaError(f"unknown input kind {input_kind!r}; expected one of: {', '.join(INPUT_KINDS)}")
+    return x, y
+
+
+def windows_to_xy_tf(windows, input_kind: str, vocab_size: int):
+    """`windows_to_xy` in TensorFlow ops, for tf.data pipelines: a (B, window + 1) int tensor -> (x, y) tensors."""
+    import tensorflow as tf
+
+    if input_kind == "scalar":
+        x = tf.cast(tf.cast(windows[:, :-1, None], tf.float64) / vocab_size, tf.float32)  # (B, T, 1), as NumPy divides
+        y = tf.cast(windows[:, -1], tf.int32)  # (B,)
+    elif input_kind == "tokens":
+        x = tf.cast(windows[:, :-1], tf.int32)  # (B, T)
+        y = tf.cast(windows[:, 1:], tf.int32)  # (B, T)
     else:
         raise PianolaError(f"unknown input kind {input_kind!r}; expected one of: {', '.join(INPUT_KINDS)}")
     return x, y

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pianola.errors import PianolaError
 from pianola.tokenizers.base import Tokenizer
 
 TOKENIZERS = ("paper", "timed", "remi", "roll")
@@ -33,6 +34,16 @@ def get_tokenizer(name: str, **config: Any) -> Tokenizer:
 
         return RollTokenizer(**config)
     raise ValueError(f"unknown tokenizer {name!r}: choose one of {', '.join(TOKENIZERS)}")
+
+
+def stage_tokenizer(name: str, *, steps_per_quarter: int, frames_per_quarter: int) -> Tokenizer:
+    """The tokenizer the tokenize stage builds from its settings (params.yaml tokenize), each taking its own."""
+    config = ({"steps_per_quarter": steps_per_quarter} if name in ("timed", "remi")
+              else {"frames_per_quarter": frames_per_quarter} if name == "roll" else {})
+    try:
+        return get_tokenizer(name, **config)
+    except ValueError as e:
+        raise PianolaError(str(e)) from e
 
 
 def tokenizer_from_config(config: dict[str, Any]) -> Tokenizer:

@@ -1,7 +1,8 @@
 """The train stage: sequences -> a zoo model, tracked in MLflow, saved as one bundle, registered.
 
 Each epoch is checkpointed (BackupAndRestore) so a killed run resumes where it stopped; early
-stopping watches the validation loss; a time budget can end training at any batch.
+stopping watches the validation loss; a time budget can end training at any batch. Where TF_CONFIG names a
+cluster, this process is one of its workers (pianola/training/distributed.py, docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ from pianola.models.bundle import Bundle, read_bundle_meta, training_primers
 from pianola.plots import training_curves
 from pianola.serving.pyfunc import register_bundle
 from pianola.tokenizers import tokenizer_from_config
+from pianola.training.distributed import (
+    WorkerBackup,
+    cluster_from_env,
+    distributed_windows,
+    multi_worker_strategy,
+    worker_vote,
+)
 
 PRESETS = ("demo", "paper", "best")
 
@@ -113,12 +121,22 @@ def transposition_table(vocab: Vocabulary, tokenizer, max_shift: int) -> np.ndar
     return table
 
 
-class WindowBatches(keras.utils.PyDataset):
-    """Batches of (x, y) drawn from a split's windows, redrawn every epoch.
+def epoch_windows(split: EncodedSplit, window: int, input_kind: str, limit: int | None) -> int:
+    """How many training windows an epoch draws.
 
     `tokens` models learn from every position of a window, so overlapping windows repeat work:
-    an epoch draws len(tokens) / window windows at random starts (about one pass over the data).
-    `scalar` models (the paper's) see every stride-1 window, or `limit` of them, shuffled.
+    len(tokens) / window windows (about one pass over the data). `scalar` models (the paper's) see
+    every stride-1 window. At most `limit`.
+    """
+    starts = len(split.window_starts(window))
+    count = starts if input_kind == "scalar" else max(1, len(split.ids) // window)
+    return min(count, limit or count, starts)
+
+
+class WindowBatches(keras.utils.PyDataset):
+    """Batches of (x, y) drawn from a split's windows, redrawn every epoch: epoch_windows() of them, at
+    random starts, shuffled.
+
     With a transposition table, each window is moved by a random shift, unless that would turn
     one of its tokens into `<unk>` (then it stays as it is).
     """
@@ -130,8 +148,7 @@ class WindowBatches(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.transposition = transposition
         self.all_starts = split.window_starts(window)
-        count = len(self.all_starts) if input_kind == "scalar" else max(1, len(split.ids) // window)
-        self.count = min(count, limit or count, len(self.all_starts))
+        self.count = epoch_windows(split, window, input_kind, limit)
         self.rng = np.random.default_rng(seed)
         self.on_epoch_end()
 
@@ -163,15 +180,20 @@ def validation_arrays(split: EncodedSplit, window: int, input_kind: str, vocab_s
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stop training at the first batch after `minutes` of wall-clock time."""
+    """Stop training at the first batch after `minutes` of wall-clock time. With the `strategy` of a cluster, its
+    workers vote after every batch, so that they all stop at the same one (when the first runs out of time)."""
 
-    def __init__(self, minutes: float | None):
+    def __init__(self, minutes: float | None, strategy=None):
         super().__init__()
         self.seconds = None if minutes is None else minutes * 60
         self.start = time.monotonic()
+        self.vote = None if strategy is None else worker_vote(strategy)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.seconds is not None and time.monotonic() - self.start > self.seconds:
+        if self.seconds is None:
+            return
+        over = time.monotonic() - self.start > self.seconds
+        if over if self.vote is None else self.vote(over):
             self.model.stop_training = True
 
 
@@ -243,15 +265,20 @@ def train(
     register: bool = True,
     verbose: int | None = None,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
-) -> TrainResult:
+) -> TrainResult | None:
     """Train `config.model` on the sequences in `sequences_dir`; write the bundle to `out`.
 
     A run interrupted (killed, crashed) resumes from its last finished epoch when called again
     with the same data and config: the checkpoint and the MLflow run id live in `work_dir`. `verbose` is Keras's
     (None: fit_verbosity()).
+
+    Where TF_CONFIG names a cluster, every worker calls this with the same arguments (and a `work_dir` they all
+    see): they train one model on a tf.data shard each, `config.batch_size` windows a step between them all, and
+    worker 0, the chief, does the rest (MLflow, the bundle, the registry). The other workers return None.
     """
     import mlflow
 
+    cluster = cluster_from_env()
     sequences_dir, out = Path(sequences_dir), Path(out)
     vocab = Vocabulary.load(sequences_dir / "vocab.json")
     meta = json.loads((sequences_dir / "meta.json").read_text())
@@ -263,6 +290,8 @@ def train(
     if not len(valid_split.window_starts(window)):
         raise PianolaError(f"{sequences_dir}: no validation piece is longer than the window; raise sequences.valid_fraction")
 
+    # The first TensorFlow work: a cluster's strategy starts this worker's server and waits for the others.
+    strategy = multi_worker_strategy() if cluster else distribution_strategy()
     keras.utils.set_random_seed(config.seed)
     run_dir = Path(work_dir) / f"{config.model}-{config.fingerprint()}-{vocab.fingerprint[:8]}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -273,16 +302,36 @@ def train(
     if config.transpose:
 
         transposition = transposition_table(vocab, tokenizer_from_config(tokenizer_config), config.transpose)
-    batches = WindowBatches(train_split, window, spec.input_kind, len(vocab), config.batch_size,
-                            config.windows_per_epoch, config.seed, transposition)
-    x_val, y_val = validation_arrays(valid_split, window, spec.input_kind, len(vocab), config.valid_windows, config.seed)
+    fit_args: dict[str, Any] = {"validation_data": validation_arrays(valid_split, window, spec.input_kind, len(vocab),
+                                                                     config.valid_windows, config.seed),
+                                "epochs": config.epochs, "verbose": fit_verbosity() if verbose is None else verbose}
+    if cluster:
+        batches = distributed_windows(strategy, train_split, window, spec.input_kind, len(vocab), config.batch_size,
+                                      config.seed, transposition)
+        # An endless stream, shuffled already: every worker takes the same number of steps, of whole global batches.
+        fit_args["steps_per_epoch"] = max(1, epoch_windows(train_split, window, spec.input_kind,
+                                                           config.windows_per_epoch) // config.batch_size)
+        fit_args["shuffle"] = False
+    else:
+        batches = WindowBatches(train_split, window, spec.input_kind, len(vocab), config.batch_size,
+                                config.windows_per_epoch, config.seed, transposition)
 
-    strategy = distribution_strategy()
     if strategy is None:
         model = build_model(config.model, len(vocab), window, **config.model_options)
     else:
         with strategy.scope():
             model = build_model(config.model, len(vocab), window, **config.model_options)
+
+    # On every worker of a cluster, in this order: the backups and the budget's votes are collectives.
+    shared_callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+        TimeBudget(config.max_minutes, strategy if cluster else None),
+        *(extra_callbacks or []),
+    ]
+    if cluster and not cluster.chief:
+        backup = WorkerBackup(run_dir / "backup", run_dir / f"backup-worker-{cluster.index}")
+        model.fit(batches, callbacks=[backup, *shared_callbacks], **fit_args)
+        return None
 
     uri = tracking.setup()  # an unreachable tracking server fails here, before any training
     history: list[dict] = state.get("history", [])
@@ -293,9 +342,11 @@ def train(
                 mlflow.log_params({k: v for k, v in dataclasses.asdict(config).items() if k != "model_options"})
                 mlflow.log_params({f"model.{k}": v for k, v in config.model_options.items()})
                 mlflow.log_params({"vocab_size": len(vocab), "window": window, "tokenizer": tokenizer_config["name"],
-                                   "train_windows": len(batches.all_starts), "train_pieces": len(train_split.pieces),
-                                   "valid_pieces": len(valid_split.pieces), "parameters": model.count_params(),
-                                   "devices": strategy.num_replicas_in_sync if strategy else 1})
+                                   "train_windows": len(train_split.window_starts(window)),
+                                   "train_pieces": len(train_split.pieces), "valid_pieces": len(valid_split.pieces),
+                                   "parameters": model.count_params(),
+                                   "devices": strategy.num_replicas_in_sync if strategy else 1,
+                                   "workers": len(cluster.workers) if cluster else 1})
                 mlflow.set_tags(tracking.environment())
                 lines: list[str] = []
                 model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
@@ -312,14 +363,15 @@ def train(
                 SaveState(),  # before the checkpoint: a kill between the two never leaves an epoch out of the history
                 # Two checkpoints, written in turn: a kill while one is written leaves the other to resume from.
                 keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
-                keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
-                TimeBudget(config.max_minutes),
-                *(extra_callbacks or []),
+                *shared_callbacks,
             ]
             if keras.backend.backend() == "tensorflow":
                 callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path("logs") / run.info.run_id)))
-            model.fit(batches, validation_data=(x_val, y_val), epochs=config.epochs, callbacks=callbacks,
-                      verbose=fit_verbosity() if verbose is None else verbose)
+            model.fit(batches, callbacks=callbacks, **fit_args)
+            if cluster:  # the chief alone saves and scores the model: a copy outside the strategy, no collectives
+                weights = model.get_weights()
+                model = build_model(config.model, len(vocab), window, **config.model_options)
+                model.set_weights(weights)
 
             bundle = Bundle(model, vocab, tokenizer_config, window, config.model, spec.input_kind,
                             info={"valid_pieces": valid_split.pieces, "train_pieces": len(train_split.pieces),

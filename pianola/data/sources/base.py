@@ -43,6 +43,8 @@ class Source(ABC):
     """A place MIDI files come from; `spec` is what the user typed, named in errors and the manifest."""
 
     spec: str
+    # Whether items() can travel to other processes (pickled, read there): a sharded ingest needs it.
+    portable_items: bool = False
 
     @abstractmethod
     def items(self) -> Iterator[SourceItem]:

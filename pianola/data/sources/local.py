@@ -34,6 +34,8 @@ MUSIC21_SKIPPED_SUFFIXES = (".rntxt",)
 class FolderSource(Source):
     """MIDI files under a local folder, recursively; symlinks are reported, never followed."""
 
+    portable_items = True  # an item reads its path: any process that sees the folder can
+
     def __init__(self, root: Path):
         self.root = root
         self.spec = str(root)
