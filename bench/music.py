@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +32,8 @@ DEFAULT = "top_p 0.95, repetition penalty 1.3 (default)"
 STRATEGIES = {
     "greedy (the paper's)": Sampling("greedy", repetition_penalty=1.0),
     "top_p 0.95, no repetition penalty": Sampling(repetition_penalty=1.0),
+    "top_p 0.9, no repetition penalty": Sampling(top_p=0.9, repetition_penalty=1.0),
+    "top_p 0.95 at temperature 0.9, repetition penalty 1.3": Sampling(temperature=0.9),
     DEFAULT: Sampling(),
 }
 TEMPO = 120.0
@@ -66,7 +69,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--minutes", type=float, default=2.0, help="length of a piece at 120 quarters per minute")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strategies", action="store_true", help="also greedy and no repetition penalty")
+    parser.add_argument("--strategies", action="store_true", help="also greedy, and sampling without the repetition penalty or cooler")
     parser.add_argument("--pieces", type=Path, default=Path("/tmp/pianola-bench-music"), help="where the pieces go")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "music.json")
     args = parser.parse_args()
@@ -80,7 +83,7 @@ def main() -> None:
         runs = {}
         for label, sampling in STRATEGIES.items():
             if label == DEFAULT or args.strategies:
-                folder = args.pieces / encoding / label.split(" ")[0].replace(",", "")
+                folder = args.pieces / encoding / re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-")
                 runs[label] = judge(bundle, args.corpus, folder, sampling, args.n, length, args.seed)
                 print(f"[bench] {encoding}, {label}: {runs[label]['summary']['pieces']} pieces in {folder}", flush=True)
         results[encoding] = {"model": ref, "length_tokens": length, "heldout": held_out.to_json(), "strategies": runs}
