@@ -35,7 +35,8 @@ def untrained_bundle(name: str, vocab_size: int) -> Bundle:
     """A bundle of `name` with the best preset's architecture and random weights."""
     vocab = Vocabulary(("<unk>", *[f"t{i}" for i in range(vocab_size - 1)]))
     options = preset_config(name, "best").model_options
-    model = build_model(name, vocab_size, WINDOW, **options)
+    pitches = [None, *(21 + i % 88 for i in range(vocab_size - 1))]  # pitch classes need a pitch per token
+    model = build_model(name, vocab_size, WINDOW, pitches=pitches, **options)
     kind = "tokens" if name == "lstm" else "scalar"
     return Bundle(model, vocab, {"name": "paper"}, WINDOW, name, kind)
 

@@ -103,8 +103,10 @@ def test_bad_sampling_settings_are_clear_errors() -> None:
         Sampling("top_p", top_p=1.5)
 
 
-def test_stateful_steps_give_the_full_window_distribution() -> None:
-    model = build_model("lstm", 50, 16, embed_dim=8, units=12, layers=2)
+@pytest.mark.parametrize("pitch_classes", [False, True])
+def test_stateful_steps_give_the_full_window_distribution(pitch_classes: bool) -> None:
+    pitches = [None, *range(30, 79)] if pitch_classes else None  # the NumPy stepper folds the pitch classes in
+    model = build_model("lstm", 50, 16, embed_dim=8, units=12, layers=2, pitch_classes=pitch_classes, pitches=pitches)
     model.set_weights([w + np.random.default_rng(i).normal(0, 0.3, w.shape) for i, w in enumerate(model.get_weights())])
     windows = np.random.default_rng(0).integers(1, 50, size=(5, 16)).astype("int32")
     full = np.asarray(model(windows, training=False))  # (B, T, V): every prefix at once
@@ -168,3 +170,18 @@ def test_generate_command_writes_pieces_report_and_wav(bundle_dir: Path, tiny_pr
     files = {a.path for a in MlflowClient().list_artifacts(runs[0].info.run_id, "pieces")}
     assert {"pieces/piece_000.mid", "pieces/piece_000.wav", "pieces/piece_000.png", "pieces/musicality.png"} <= files
     assert "musicality_mean_oa" in runs[0].data.metrics
+
+
+def test_a_pitch_class_model_generates_each_piece_as_it_would_alone() -> None:
+    """Rows of a pitch-class model carry the memory's state beside the LSTMs' through batching, finishing and joining."""
+    from pianola.generation.generate import generate_each, piece_rng
+
+    vocab = Vocabulary(("<unk>", "shift:6", *[f"note:{p}" for p in range(48, 72)]))
+    pitches = [None, None, *range(48, 72)]
+    model = build_model("lstm", len(vocab), 8, embed_dim=8, units=12, layers=1, pitch_classes=True, pitches=pitches)
+    bundle = Bundle(model, vocab, {"name": "timed"}, 8, "lstm", "tokens")
+    primers = np.random.default_rng(0).integers(1, len(vocab), size=(3, 8)).astype(np.int32)
+    together = generate_each(bundle, primers, [5, 12, 9], [Sampling()] * 3, [piece_rng(1, i) for i in range(3)])
+    for i, piece in enumerate(together):
+        (alone,) = generate_each(bundle, primers[i : i + 1], [len(piece)], [Sampling()], [piece_rng(1, i)])
+        np.testing.assert_array_equal(piece, alone)

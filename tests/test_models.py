@@ -27,9 +27,13 @@ def random_windows(batch: int, window: int, vocab: int, seed: int = 0) -> np.nda
     return np.random.default_rng(seed).integers(0, vocab, size=(batch, window + 1), dtype=np.int32)
 
 
-def small_lstm(vocab: int = 23):
+PITCHES = [None, None, *range(48, 69)]  # 23 tokens: <unk>, a time step, then 21 pitches over two octaves
+
+
+def small_lstm(vocab: int = 23, pitch_classes: bool = False):
     """A small `lstm` model for behaviour tests, dropout on (it must not matter at inference)."""
-    return build_model("lstm", vocab, embed_dim=8, units=16, layers=2, dropout=0.3)
+    return build_model("lstm", vocab, embed_dim=8, units=16, layers=2, dropout=0.3, pitch_classes=pitch_classes,
+                       pitches=PITCHES if pitch_classes else None)
 
 
 def test_model_names_are_the_papers_nine_and_ours():
@@ -120,8 +124,9 @@ def test_lstm_is_causal():
     assert not np.allclose(before[:, 7:], after[:, 7:], atol=1e-4)
 
 
-def test_step_model_matches_the_full_model_token_by_token():
-    model = small_lstm()
+@pytest.mark.parametrize("pitch_classes", [False, True])
+def test_step_model_matches_the_full_model_token_by_token(pitch_classes: bool):
+    model = small_lstm(pitch_classes=pitch_classes)
     model.train_on_batch(*windows_to_xy(random_windows(4, 12, 23), "tokens", 23))  # weights off their init
     step = step_model(model)
     tokens = random_windows(3, 12, 23, seed=1)[:, :12]
@@ -132,8 +137,9 @@ def test_step_model_matches_the_full_model_token_by_token():
         np.testing.assert_allclose(probs, full[:, t], atol=1e-5)
 
 
-def test_step_model_primes_a_whole_primer_at_once():
-    model = small_lstm()
+@pytest.mark.parametrize("pitch_classes", [False, True])
+def test_step_model_primes_a_whole_primer_at_once(pitch_classes: bool):
+    model = small_lstm(pitch_classes=pitch_classes)
     step = step_model(model)
     tokens = random_windows(2, 10, 23, seed=2)[:, :10]
     probs, states = advance(step, tokens[:, :6], zero_states(step, 2))
@@ -142,9 +148,54 @@ def test_step_model_primes_a_whole_primer_at_once():
     np.testing.assert_allclose(probs, model.predict_on_batch(tokens[:, :7])[:, -1], atol=1e-5)
 
 
-def test_step_model_shares_the_weights_of_the_full_model():
-    model = small_lstm()
+@pytest.mark.parametrize("pitch_classes", [False, True])
+def test_step_model_shares_the_weights_of_the_full_model(pitch_classes: bool):
+    model = small_lstm(pitch_classes=pitch_classes)
     step = step_model(model)
     assert {id(w) for w in step.weights} <= {id(w) for w in model.weights}
     with pytest.raises(ValueError, match="lstm"):
         step_model(build_model("paper-3b", 11, window=WINDOW))
+
+
+def test_pitch_classes_give_every_octave_of_a_class_the_same_boost() -> None:
+    model = small_lstm(pitch_classes=True)
+    logits = model.get_layer("logits")
+    logits.set_weights([np.zeros_like(w) for w in logits.get_weights()])  # only the pitch-class head speaks
+    model.get_layer("logits_pc").set_weights([w + 0.5 for w in model.get_layer("logits_pc").get_weights()])
+    probs = model.predict_on_batch(random_windows(2, 6, 23)[:, :6])  # (B, T, V)
+    for low in range(2, 11):  # 48..56 and the same classes an octave up, 60..68
+        np.testing.assert_allclose(probs[..., low], probs[..., low + 12], rtol=1e-5)
+    np.testing.assert_allclose(probs[..., 0], probs[..., 1], rtol=1e-5)  # no pitch, no boost
+    assert not np.allclose(probs[..., 0], probs[..., 2], rtol=1e-3)
+    # Training moves the learned weights, never the one-hot tables.
+    fixed = ("pitch_class_of", "pc_memory", "pc_to_tokens")
+    before = [[np.array(w) for w in model.get_layer(name).get_weights()] for name in fixed]
+    model.train_on_batch(*windows_to_xy(random_windows(4, 6, 23), "tokens", 23))
+    for name, weights in zip(fixed, before):
+        for now, then in zip(model.get_layer(name).get_weights(), weights):
+            np.testing.assert_array_equal(now, then)
+    table = weights[0]  # pc_to_tokens: (12, V)
+    assert table.sum() == 21 and table[:, 0].sum() == 0  # one class per pitch; the two pitchless tokens have none
+
+
+def test_pitch_classes_need_the_pitch_of_every_token() -> None:
+    with pytest.raises(PianolaError, match="pitches"):
+        build_model("lstm", 23, pitch_classes=True)
+    with pytest.raises(ValueError, match="23 tokens"):
+        build_model("lstm", 23, pitch_classes=True, pitches=PITCHES[:-1])
+
+
+def test_the_pitch_class_memory_counts_the_classes_struck_so_far() -> None:
+    from pianola.models.lstm import PITCH_CLASS_DECAYS, memory_features
+
+    model = small_lstm(pitch_classes=True)
+    tokens = np.array([[2, 1, 14, 4]], dtype=np.int32)  # pitches 48 (class 0), none, 60 (class 0), 50 (class 2)
+    onehot = model.get_layer("pitch_class_of")(tokens)
+    counts, _ = model.get_layer("pc_memory")(onehot)
+    counts = np.asarray(counts)[0]  # (T, M)
+    short, long = PITCH_CLASS_DECAYS
+    np.testing.assert_allclose(counts[3, :12][[0, 2]], [short ** 3 + short, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(counts[3, 12:][[0, 2]], [long ** 3 + long, 1.0], rtol=1e-6)
+    features = np.asarray(memory_features(counts, np))
+    np.testing.assert_allclose(features[:, :12].sum(axis=1), 1.0, rtol=1e-5)
+    assert features[0, 0] == pytest.approx(1.0, rel=1e-5) and features[3, 2] > 0

@@ -191,3 +191,16 @@ def test_paper_transposition_agrees_with_music21() -> None:
         for shift in (-5, 1, 6):
             expected = ".".join(str(pc) for pc in chord.Chord([(pc + shift) % 12 for pc in pcs]).normalOrder)
             assert tokenizer.transpose(token, shift) == expected
+
+
+def test_tokenizers_name_the_pitch_of_their_tokens() -> None:
+    from pianola.tokenizers import get_tokenizer
+
+    timed, remi, roll, paper = (get_tokenizer(name) for name in ("timed", "remi", "roll", "paper"))
+    assert [timed.pitch(t) for t in ("note:60", "dur:6", "shift:3", "<unk>")] == [60, None, None, None]
+    assert [remi.pitch(t) for t in ("Pitch_61", "Duration_1.0.12", "Bar_None")] == [61, None, None]
+    assert [paper.pitch(t) for t in ("C4", "B-3", "0.4.7")] == [60, 58, None]
+    assert roll.pitch(roll.transpose("note:60", 2)) == 62
+    for tokenizer, token in ((timed, "note:60"), (remi, "Pitch_60"), (paper, "C4")):
+        assert tokenizer.pitch(tokenizer.transpose(token, 5)) == 65
+

@@ -40,7 +40,7 @@ MUSICALITY_PLOT = "musicality.png"
 
 
 class LSTMDecoder:
-    """The `lstm` model as a decoder: its state is each row's (h, c) per layer."""
+    """The `lstm` model as a decoder: its state is each row's recurrent state (see LSTMStepper)."""
 
     def __init__(self, bundle: Bundle) -> None:
         self.stepper = LSTMStepper(bundle.model)
@@ -58,11 +58,11 @@ class LSTMDecoder:
 
     @staticmethod
     def take(state, rows: np.ndarray):
-        return [(h[rows], c[rows]) for h, c in state]
+        return [tuple(part[rows] for part in layer) for layer in state]
 
     @staticmethod
     def join(state, other):
-        return [(np.concatenate([h, h2]), np.concatenate([c, c2])) for (h, c), (h2, c2) in zip(state, other)]
+        return [tuple(np.concatenate(pair) for pair in zip(mine, theirs)) for mine, theirs in zip(state, other)]
 
 
 class WindowDecoder:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import keras
@@ -119,7 +120,8 @@ def _check_overrides(name: str, overrides: dict[str, Any]) -> None:
         raise PianolaError(f"model {name!r} has no setting {', '.join(unknown)}; it takes: {choices}")
 
 
-def _build(name: str, vocab_size: int, window: int, overrides: dict[str, Any]) -> keras.Model:
+def _build(name: str, vocab_size: int, window: int, overrides: dict[str, Any],
+           pitches: Sequence[int | None] | None = None) -> keras.Model:
     """The uncompiled model."""
     model_spec(name)
     _check_overrides(name, overrides)
@@ -129,14 +131,18 @@ def _build(name: str, vocab_size: int, window: int, overrides: dict[str, Any]) -
         raise PianolaError(f"window must be at least 1, got {window}")
     if name == "lstm":
         config = LSTMConfig(**{k: v for k, v in overrides.items() if k in _LSTM_FIELDS})
-        return build_lstm(vocab_size, config)  # takes any T: window is a training setting only
+        if config.pitch_classes and pitches is None:
+            raise PianolaError("pitch_classes needs the tokens' pitches: a tokenizer that has them (timed, remi, roll, paper)")
+        return build_lstm(vocab_size, config, pitches)  # takes any T: window is a training setting only
     return _PAPER_BUILDERS[name](vocab_size, window)
 
 
-def build_model(name: str, vocab_size: int, window: int = 100, **overrides: Any) -> keras.Model:
+def build_model(name: str, vocab_size: int, window: int = 100, *, pitches: Sequence[int | None] | None = None,
+                **overrides: Any) -> keras.Model:
     """A zoo model compiled with its optimizer, loss and accuracy; overrides: optimizer, learning_rate,
-    clipnorm, and for `lstm` the LSTMConfig fields (embed_dim, units, layers, dropout)."""
-    model = _build(name, vocab_size, window, overrides)
+    clipnorm, and for `lstm` the LSTMConfig fields (embed_dim, units, layers, dropout, pitch_classes, which
+    needs `pitches`: each token's MIDI pitch or None)."""
+    model = _build(name, vocab_size, window, overrides, pitches)
     preset = model_spec(name).preset | {k: v for k, v in overrides.items() if k not in _LSTM_FIELDS}
     if preset["optimizer"] not in _OPTIMIZERS:
         raise PianolaError(f"unknown optimizer {preset['optimizer']!r}; choose one of: {', '.join(_OPTIMIZERS)}")

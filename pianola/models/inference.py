@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from pianola.models import advance, zero_states
+from pianola.models.lstm import memory_features
 from pianola.models.bundle import Bundle
 
 
@@ -22,15 +23,18 @@ def next_token_probs(bundle: Bundle, windows: np.ndarray) -> np.ndarray:
 
 
 class LSTMStepper:
-    """The `lstm` model's forward pass for one token, in NumPy, carrying (h, c) for every layer.
+    """The `lstm` model's forward pass for one token, in NumPy, carrying its recurrent state.
 
     Generation is a long chain of tiny steps, where a framework's per-call overhead costs more
-    than the arithmetic; a NumPy step is a few matrix products. Tested against the Keras step model.
+    than the arithmetic; a NumPy step is a few matrix products. The state is a list of tuples of
+    (B, ...) arrays: with pitch classes first the memory's (counts,), then (h, c) for every LSTM layer.
+    Tested against the Keras model.
     """
 
     def __init__(self, model) -> None:
         import keras
 
+        names = {layer.name for layer in model.layers}
         self.embedding = np.asarray(model.get_layer("embed").embeddings, dtype=np.float32)  # (V, E)
         self.layers = []
         for layer in model.layers:
@@ -40,15 +44,35 @@ class LSTMStepper:
                 self.layers.append((np.concatenate([kernel, recurrent]), bias, layer.units))
         dense = model.get_layer("logits")
         self.out_kernel, self.out_bias = (np.asarray(w, dtype=np.float32) for w in dense.get_weights())
+        self.memory = None
+        if "pitch_class_of" in names:  # pitch classes (LSTMConfig.pitch_classes): the tables fold together
+            table = np.asarray(model.get_layer("pitch_class_of").embeddings, dtype=np.float32)  # (V, 12)
+            self.embedding = self.embedding + table @ np.asarray(model.get_layer("embed_pc").kernel, dtype=np.float32)
+            pc_kernel, pc_bias = (np.asarray(w, dtype=np.float32) for w in model.get_layer("logits_pc").get_weights())
+            spread = np.asarray(model.get_layer("pc_to_tokens").kernel, dtype=np.float32)  # (12, V)
+            self.out_kernel = self.out_kernel + pc_kernel @ spread  # (H + M, V)
+            self.out_bias = self.out_bias + pc_bias @ spread
+            kernel, recurrent = (np.asarray(w, dtype=np.float32) for w in model.get_layer("pc_memory").get_weights())
+            self.memory = (table @ kernel, recurrent)  # (V, M): each token's count added; (M, M): the decay
 
-    def zero_state(self, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [(np.zeros((batch, units), np.float32), np.zeros((batch, units), np.float32)) for _, _, units in self.layers]
+    def zero_state(self, batch: int) -> list[tuple[np.ndarray, ...]]:
+        lstms = [(np.zeros((batch, units), np.float32), np.zeros((batch, units), np.float32)) for _, _, units in self.layers]
+        if self.memory is None:
+            return lstms
+        return [(np.zeros((batch, self.memory[1].shape[0]), np.float32),), *lstms]
 
-    def step(self, ids: np.ndarray, state: list[tuple[np.ndarray, np.ndarray]]):
+    def step(self, ids: np.ndarray, state: list[tuple[np.ndarray, ...]]):
         """Feed (B,) ids: (probs of the next token (B, V), the new state)."""
         x = self.embedding[ids]  # (B, E)
         new_state = []
-        for (weights, bias, units), (h, c) in zip(self.layers, state):
+        states = iter(state)
+        if self.memory is not None:
+            (counts,) = next(states)
+            counts = counts @ self.memory[1] + self.memory[0][ids]  # (B, M)
+            features = memory_features(counts, np)
+            x = np.concatenate([x, features], axis=1)
+            new_state.append((counts,))
+        for (weights, bias, units), (h, c) in zip(self.layers, states):
             z = np.concatenate([x, h], axis=1) @ weights + bias  # (B, 4H)
             i = _sigmoid(z[:, :units])
             f = _sigmoid(z[:, units : 2 * units])
@@ -58,6 +82,8 @@ class LSTMStepper:
             h = o * np.tanh(c)  # (B, H)
             new_state.append((h, c))
             x = h
+        if self.memory is not None:
+            x = np.concatenate([x, features], axis=1)
         logits = x @ self.out_kernel + self.out_bias  # (B, V)
         logits -= logits.max(axis=1, keepdims=True)
         e = np.exp(logits)

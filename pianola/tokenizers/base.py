@@ -22,6 +22,11 @@ class Tokenizer(ABC):
     def encode(self, path: str | os.PathLike) -> list[str]:
         """Tokens of one MIDI file."""
 
+    def pitch(self, token: str) -> int | None:
+        """The MIDI pitch a token strikes; None for a token that strikes no single pitch (a time step, a chord
+        of the paper's encoding, `<unk>`). Models use it to share what they learn across octaves."""
+        return None
+
     def transpose(self, token: str, semitones: int) -> str | None:
         """`token` moved by `semitones`; None where it has no such form (out of the MIDI range).
 

@@ -730,6 +730,9 @@ class PaperTokenizer(Tokenizer):
         order = np.lexsort(np.concatenate(keys, axis=1)[::-1])
         return np.concatenate(tokens)[order].tolist()
 
+    def pitch(self, token: str) -> int | None:
+        return _NOTE_PITCHES.get(token)
+
     def transpose(self, token: str, semitones: int) -> str | None:
         """A note token moved by `semitones` (None past MIDI 0-127); a chord token's pitch classes moved, in normal order."""
         if token in _NOTE_PITCHES:

@@ -88,11 +88,15 @@ class RemiTokenizer(Tokenizer):
         (sequence,) = self._remi.encode(score, no_preprocess_score=True)
         return sequence.tokens
 
-    def transpose(self, token: str, semitones: int) -> str | None:
+    def pitch(self, token: str) -> int | None:
         kind, _, value = token.partition("_")
-        if kind != "Pitch" or not value.isdigit():
+        return int(value) if kind == "Pitch" and value.isdigit() else None
+
+    def transpose(self, token: str, semitones: int) -> str | None:
+        pitch = self.pitch(token)
+        if pitch is None:
             return token
-        pitch = int(value) + semitones
+        pitch += semitones
         return f"Pitch_{pitch}" if LOWEST_PITCH <= pitch <= HIGHEST_PITCH else None
 
     def decode(self, tokens: list[str], tempo_qpm: float = 120.0) -> symusic.Score:

@@ -43,8 +43,11 @@ class RollTokenizer(Tokenizer):
     def encode(self, path: str | os.PathLike) -> list[str]:
         return roll_to_tokens(roll_of_score(load_score(path), self.frames_per_quarter))
 
+    def pitch(self, token: str) -> int | None:
+        return _note_pitch(token)
+
     def transpose(self, token: str, semitones: int) -> str | None:
-        pitch = _note_pitch(token)
+        pitch = self.pitch(token)
         if pitch is None:
             return token
         moved = pitch + semitones

@@ -79,11 +79,15 @@ class TimedTokenizer(Tokenizer):
             tokens.append(f"dur:{duration}")
         return tokens
 
-    def transpose(self, token: str, semitones: int) -> str | None:
+    def pitch(self, token: str) -> int | None:
         kind, _, value = token.partition(":")
-        if kind != "note" or not value.isdigit():
+        return int(value) if kind == "note" and value.isdigit() else None
+
+    def transpose(self, token: str, semitones: int) -> str | None:
+        pitch = self.pitch(token)
+        if pitch is None:
             return token
-        pitch = int(value) + semitones
+        pitch += semitones
         return f"note:{pitch}" if 0 <= pitch <= 127 else None
 
     def decode(self, tokens: list[str], tempo_qpm: float = 120.0) -> symusic.Score:

@@ -96,8 +96,10 @@ def preset_config(model: str, preset: str, **overrides: Any) -> TrainConfig:
             windows_per_epoch=None if tokens else 20_000, valid_windows=4096, patience=6, max_minutes=28,
             # 2 x 256 fits the corpus in the budget and generates 32 pieces in about a second; Adam at
             # 5e-3 leaves the unigram plateau several times sooner than 2e-3; transposed copies keep
-            # the validation loss falling where the same model without them overfits.
-            model_options={"embed_dim": 128, "units": 256, "layers": 2, "dropout": 0.3, "learning_rate": 5e-3} if tokens else {},
+            # the validation loss falling where the same model without them overfits; pitch classes
+            # (LSTMConfig.pitch_classes) teach it key, which it did not learn from 88 separate pitches.
+            model_options={"embed_dim": 128, "units": 256, "layers": 2, "dropout": 0.3, "learning_rate": 5e-3,
+                           "pitch_classes": True} if tokens else {},
             transpose=5 if tokens else 0,
         )
     else:
@@ -298,10 +300,9 @@ def train(
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
 
-    transposition = None
-    if config.transpose:
-
-        transposition = transposition_table(vocab, tokenizer_from_config(tokenizer_config), config.transpose)
+    tokenizer = tokenizer_from_config(tokenizer_config)
+    pitches = [tokenizer.pitch(token) for token in vocab.tokens]
+    transposition = transposition_table(vocab, tokenizer, config.transpose) if config.transpose else None
     fit_args: dict[str, Any] = {"validation_data": validation_arrays(valid_split, window, spec.input_kind, len(vocab),
                                                                      config.valid_windows, config.seed),
                                 "epochs": config.epochs, "verbose": fit_verbosity() if verbose is None else verbose}
@@ -317,10 +318,10 @@ def train(
                                 config.windows_per_epoch, config.seed, transposition)
 
     if strategy is None:
-        model = build_model(config.model, len(vocab), window, **config.model_options)
+        model = build_model(config.model, len(vocab), window, pitches=pitches, **config.model_options)
     else:
         with strategy.scope():
-            model = build_model(config.model, len(vocab), window, **config.model_options)
+            model = build_model(config.model, len(vocab), window, pitches=pitches, **config.model_options)
 
     # On every worker of a cluster, in this order: the backups and the budget's votes are collectives.
     shared_callbacks: list[keras.callbacks.Callback] = [
@@ -370,7 +371,7 @@ def train(
             model.fit(batches, callbacks=callbacks, **fit_args)
             if cluster:  # the chief alone saves and scores the model: a copy outside the strategy, no collectives
                 weights = model.get_weights()
-                model = build_model(config.model, len(vocab), window, **config.model_options)
+                model = build_model(config.model, len(vocab), window, pitches=pitches, **config.model_options)
                 model.set_weights(weights)
 
             bundle = Bundle(model, vocab, tokenizer_config, window, config.model, spec.input_kind,
