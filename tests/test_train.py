@@ -55,9 +55,12 @@ def test_training_tracks_bundles_and_registers(in_project: Path, tmp_path: Path)
     assert list(Path("logs").glob(f"{result.run_id}/**/events.out.tfevents.*")), "TensorBoard logs"
 
 
-def test_bundle_evaluates_the_same_after_save_and_load(in_project: Path, tmp_path: Path) -> None:
-    result = train("data/sequences", tmp_path / "bundle", tiny_config(), register=False, verbose=0)
+@pytest.mark.parametrize("pitch_classes", [False, True])
+def test_bundle_evaluates_the_same_after_save_and_load(in_project: Path, tmp_path: Path, pitch_classes: bool) -> None:
+    config = tiny_config(model_options=TINY | {"pitch_classes": pitch_classes})
+    result = train("data/sequences", tmp_path / "bundle", config, register=False, verbose=0)
     loaded = load_bundle(tmp_path / "bundle")
+    assert any(layer.name == "pc_memory" for layer in loaded.model.layers) == pitch_classes
     valid = encode_midi(loaded, "data/raw", loaded.info["valid_pieces"])
     after = held_out_metrics(loaded, valid).to_json()
     for key, value in result.metrics.items():
