@@ -75,7 +75,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="pianola-bench-pc-"))
     tokenizer = get_tokenizer(args.tokenizer)
-    tokenize_corpus(args.corpus, work / "tokens", tokenizer, plots=False)
+    tokenize_corpus(args.corpus, work / "tokens", tokenizer)
     build_sequences(work / "tokens", work / "sequences", window=WINDOW, valid_fraction=0.1, seed=42)
     vocab = Vocabulary.load(work / "sequences" / "vocab.json")
     train_split = EncodedSplit.load(work / "sequences" / "train.npz")

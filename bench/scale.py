@@ -9,7 +9,9 @@ For each size N, bench/make_corpus.py writes N distinct MIDI files (kept in --wo
   stages, hashing and caching their outputs), a second `dvc repro` (nothing to do: the cost of checking), and
   `dvc push` to a local remote.
 Each command's wall time and peak RSS (the largest resident set of the process and of any process it started,
-from wait4) are recorded. Stage processes run one at a time on this machine's cores.
+from wait4) are recorded, and the peak of each kind of process under it (the command, the Prefect server, the Dask
+workers: sampled from /proc every 0.2 s), which says which one is the largest. Stage processes run one at a time on
+this machine's cores.
 
     .venv/bin/python bench/scale.py [--sizes 1000,5000,20000] [--workers 2] [--tokenizer timed] [--work DIR]
 """
@@ -30,6 +32,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 
 import yaml  # noqa: E402
@@ -43,19 +46,92 @@ COMPARED = ("raw/manifest.json", "tokens/tokens.jsonl", "tokens/stats.json", "to
             "sequences/meta.json", "sequences/train.npz", "sequences/valid.npz")
 
 
-def measure(command: list[str], cwd: Path, env: dict | None = None) -> dict:
-    """Run `command`; its wall seconds, peak RSS in MiB (it and the processes it waited for) and stdout."""
+def process_role(pid: int, root: int, root_role: str) -> str:
+    """What a process under a measured command is, from its command line: the command itself (`root_role`), the
+    temporary Prefect server, a Dask worker (a spawned multiprocessing child), or the name of whatever else it ran."""
+    if pid == root:
+        return root_role
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "gone"
+    line = " ".join(argv)
+    if "uvicorn" in line and "prefect.server" in line:
+        return "Prefect server"
+    if "multiprocessing.spawn" in line:
+        return "Dask worker"
+    if "multiprocessing.resource_tracker" in line:
+        return "resource tracker"
+    return Path(argv[0]).name + (" " + argv[2] if argv[1:2] == ["-m"] and len(argv) > 2 else "")
+
+
+class PeakSampler(threading.Thread):
+    """The peak RSS (VmHWM) of each process under `root`, by role, read from /proc every `every` seconds.
+
+    wait4 gives the largest peak of them all, exactly; this says which process it was. A process's VmHWM only
+    grows, so the last reading before it ends misses at most what it grew in its last `every` seconds."""
+
+    def __init__(self, root: int, root_role: str, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.root, self.root_role, self.every, self.stopped = root, root_role, every, threading.Event()
+        self.peaks: dict[str, float] = {}  # role -> MiB
+        self.roles: dict[int, str] = {}
+
+    def descendants(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    # the fields after the command name, which may hold spaces and parentheses
+                    ppid = int(Path(entry.path, "stat").read_text().rpartition(")")[2].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry.name))
+        found, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo.extend(children.get(pid, ()))
+        return found
+
+    def sample(self) -> None:
+        for pid in self.descendants():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            hwm = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+            if hwm is None:  # a zombie
+                continue
+            role = self.roles.setdefault(pid, process_role(pid, self.root, self.root_role))
+            self.peaks[role] = max(self.peaks.get(role, 0.0), int(hwm) / 1024)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            self.sample()
+
+
+def measure(command: list[str], cwd: Path, env: dict | None = None, role: str = "command") -> dict:
+    """Run `command`; its wall seconds, peak RSS in MiB (the largest of it and the processes it waited for, from
+    wait4), the peak of each kind of process under it (sampled: PeakSampler; the command itself is `role`), and its
+    stdout."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
+        sampler = PeakSampler(process.pid, role)
+        sampler.start()
         _, status, usage = os.wait4(process.pid, 0)  # reaped here, with its rusage, not by Popen
+        sampler.stopped.set()
+        sampler.join()
         process.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - started
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
     if process.returncode:
         raise SystemExit(f"{' '.join(command)} failed (exit {process.returncode}):\n{stderr[-3000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "stdout": stdout}
+    by_process = {role: round(mib, 1) for role, mib in sorted(sampler.peaks.items(), key=lambda kv: -kv[1])}
+    return {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "peak_rss_mib_by_process": by_process, "stdout": stdout}
 
 
 def pianola(*args: str) -> list[str]:
@@ -77,7 +153,7 @@ def on_dask(corpus: Path, out: Path, tokenizer: str, workers: int) -> dict:
     (out / "params.yaml").write_text(yaml.safe_dump({"tokenize": {"tokenizer": tokenizer}}))
     env = os.environ | {"PYTHONPATH": str(ROOT), "PREFECT_HOME": str(out / "prefect")}
     flow = measure([sys.executable, "-m", "flows.corpus", "--source", str(corpus), "--raw", str(out / "raw"),
-                    "--tokens", str(out / "tokens"), "--workers", str(workers)], out, env)
+                    "--tokens", str(out / "tokens"), "--workers", str(workers)], out, env, role="flow")
     result = json.loads(flow["stdout"])
     flow.update(ingest_seconds=result["ingest_seconds"], tokenize_seconds=result["tokenize_seconds"])
     sequences = measure(pianola("sequences", "--in", str(out / "tokens"), "--out", str(out / "sequences")), ROOT)
@@ -114,9 +190,12 @@ def row(n: int, r: dict) -> str:
     one_rss = max(one[s]["peak_rss_mib"] for s in ("ingest", "tokenize", "sequences"))
     dask_total = dask["flow"]["seconds"] + dask["sequences"]["seconds"]
     dask_rss = max(dask["flow"]["peak_rss_mib"], dask["sequences"]["peak_rss_mib"])
+    by_process = dask["flow"]["peak_rss_mib_by_process"]  # largest first
+    largest = next(iter(by_process), "?") if dask["flow"]["peak_rss_mib"] >= dask["sequences"]["peak_rss_mib"] else "sequences"
+    processes = " / ".join(f"{by_process.get(role, float('nan')):.0f}" for role in ("flow", "Prefect server", "Dask worker"))
     return (f"| {n:,} | {one['ingest']['seconds']:.1f} / {one['tokenize']['seconds']:.1f} / {one['sequences']['seconds']:.1f} | "
             f"{one_total:.1f} | {one_rss:.0f} | {dask['flow']['ingest_seconds']:.1f} / {dask['flow']['tokenize_seconds']:.1f} | "
-            f"{dask_total:.1f} | {dask_rss:.0f} | {'yes' if r['identical'] else '**no**'} | "
+            f"{dask_total:.1f} | {dask_rss:.0f} ({largest}) | {processes} | {'yes' if r['identical'] else '**no**'} | "
             f"{dvc['repro']['seconds']:.1f} | {dvc['repro_again']['seconds']:.1f} | {dvc['push']['seconds']:.1f} |")
 
 
@@ -152,8 +231,9 @@ def main() -> None:
     atomic_write_json(args.out, {"tokenizer": args.tokenizer, "workers": args.workers, "cpus": os.cpu_count(),
                                  "sizes": results})
     print("| files | one process: ingest / tokenize / sequences s | total s | peak RSS MiB | Dask: ingest / tokenize s "
-          "| Dask total s (flow + sequences) | peak RSS MiB | same bytes | dvc repro s | repro again s | dvc push s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| Dask total s (flow + sequences) | peak RSS MiB (largest process) | flow / Prefect server / Dask worker MiB "
+          "| same bytes | dvc repro s | repro again s | dvc push s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n, r in results.items():
         print(row(n, r) if r["dvc"] else row(n, r | {"dvc": {k: {"seconds": float("nan")} for k in ("repro", "repro_again", "push")}}))
 

@@ -2,7 +2,8 @@
 
 music21 runs in this process, one file after another, its import included, as the paper's
 script did. pianola runs as the whole `pianola tokenize --tokenizer paper` command in a fresh
-process (start-up, imports, tokens.jsonl, vocab, stats and plots included). Both are timed on the
+process (start-up, imports, tokens.jsonl, vocab and stats included: all the tokenize stage writes; the
+corpus figures are the `corpus-plots` stage's, drawn by `pianola corpus-plots`). Both are timed on the
 same files (music21 once: it takes minutes; pianola's best of a few runs); agreement is the share
 of music21's tokens that pianola reproduces in order.
 

@@ -91,7 +91,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="pianola-bench-train-"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-    tokenize_corpus(args.corpus, work / "tokens", get_tokenizer(args.tokenizer), plots=False)
+    tokenize_corpus(args.corpus, work / "tokens", get_tokenizer(args.tokenizer))
     build_sequences(work / "tokens", work / "sequences", window=100, valid_fraction=0.1, seed=42)
     os.chdir(work)
 

@@ -29,6 +29,11 @@ from tasks.corpus import shard_map
 
 ADDRESS_VARIABLE = "PIANOLA_DASK_ADDRESS"
 IN_FLIGHT_PER_WORKER = 2  # shards submitted per worker ahead of the one awaited: no worker waits, little is held
+# Dask keeps the last `distributed.admin.low-level-log-length` messages of each connection, and each worker its last
+# events, for debugging: 1,000 by default. A message carries a whole shard, so with the default every shard of a run
+# stayed in memory, in the flow's process and in the workers, which grew with the corpus (bench/scale.py). A few are
+# enough to debug.
+DASK_DEBUG_LOG_LENGTH = 8
 
 
 def dask_runner(address: str | None, workers: int):
@@ -38,9 +43,15 @@ def dask_runner(address: str | None, workers: int):
     to this run's Prefect server (a temporary one included: else each worker would start its own). Workers of
     an existing cluster need PREFECT_API_URL set where they run.
     """
+    import dask
     from prefect.client.orchestration import get_client
     from prefect_dask import DaskTaskRunner
 
+    # in this process (the client, and a local cluster's scheduler), and in the local workers, which get its config
+    dask.config.set({"distributed.admin.low-level-log-length": DASK_DEBUG_LOG_LENGTH})
+    # Warnings and errors only, here as in the workers (silence_logs): at INFO, a connection closed while the cluster
+    # shuts down is logged with its traceback, noise in a run that succeeded.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if address:
         return DaskTaskRunner(address=address)
     with get_client(sync_client=True) as client:

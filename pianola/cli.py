@@ -45,20 +45,31 @@ def ingest(
 def tokenize(
     tokenizer: Annotated[str, typer.Option(help="timed (onsets, durations, voicings), remi (REMI: bars, positions, pitches, durations), paper (the paper's note/chord tokens) or roll (piano-roll frames)")] = "timed",
     in_dir: Annotated[Path, typer.Option("--in", help="Folder of MIDI files")] = Path("data/raw"),
-    out: Annotated[Path, typer.Option(help="Folder for tokens.jsonl, vocab.json, stats.json and plots")] = Path("data/tokens"),
+    out: Annotated[Path, typer.Option(help="Folder for tokens.jsonl, vocab.json and stats.json")] = Path("data/tokens"),
     steps_per_quarter: Annotated[int, typer.Option(help="Grid of the timed and remi tokenizers")] = 12,
     frames_per_quarter: Annotated[int, typer.Option(help="Grid of the roll tokenizer (2: eighth notes)")] = 2,
-    plots: Annotated[bool, typer.Option(help="Draw the corpus plots")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
-    """Turn every MIDI file of IN into a token sequence."""
+    """Turn every MIDI file of IN into a token sequence (`pianola corpus-plots` draws the corpus from OUT)."""
     from pianola.data.corpus import tokenize_corpus
     from pianola.tokenizers import TOKENIZERS, stage_tokenizer
 
     check_choices({"tokenize.tokenizer": TOKENIZERS})
     chosen = stage_tokenizer(tokenizer, steps_per_quarter=steps_per_quarter, frames_per_quarter=frames_per_quarter)
-    report = tokenize_corpus(in_dir, out, chosen, plots=plots, progress=progress)
+    report = tokenize_corpus(in_dir, out, chosen, progress=progress)
     typer.echo(report.summary())
+
+
+@app.command()
+def corpus_plots(
+    in_dir: Annotated[Path, typer.Option("--in", help="Output of `pianola tokenize`")] = Path("data/tokens"),
+    midi: Annotated[Path, typer.Option(help="The folder of MIDI files it tokenized (the first piece is drawn)")] = Path("data/raw"),
+    out: Annotated[Path, typer.Option(help="Folder for the PNG files")] = Path("data/plots"),
+) -> None:
+    """The paper's corpus figures: token frequency, pitch-class frequency, pitch against offset of the first piece."""
+    from pianola.plots import corpus_plots as draw
+
+    typer.echo(f"drew {', '.join(str(path) for path in draw(in_dir, midi, out))}")
 
 
 @app.command()

@@ -61,6 +61,7 @@ NAMES = Setting(list, "a non-empty list of names", lambda v: bool(v) and all(isi
 SCHEMA: dict[str, dict[str, Setting]] = {
     "ingest": {"source": TEXT, "out": TEXT, "max_bytes": _int(1), "limit": _int(0)},
     "tokenize": {"tokenizer": NAME, "out": TEXT, "steps_per_quarter": _int(1), "frames_per_quarter": _int(1)},
+    "corpus_plots": {"out": TEXT},
     "sequences": {"out": TEXT, "window": _int(2), "valid_fraction": _number(0.0, 1.0), "seed": _int()},
     "train": {"model": NAME, "preset": NAME, "out": TEXT, "seed": _int()},
     "evaluate": {"out": TEXT, "curves": TEXT},

@@ -6,13 +6,13 @@ matplotlib is imported here only, on first use, so commands that draw nothing st
 from __future__ import annotations
 
 import io
-import multiprocessing
+import json
 import os
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from pianola.data.corpus import iter_pieces, tokens_file
 from pianola.errors import PianolaError
 from pianola.io import atomic_path
 from pianola.midi import load_score
@@ -28,60 +28,12 @@ def pyplot():
     return plt
 
 
-class PlotWorker:
-    """Draws the corpus plots in a forked process that imports matplotlib while the caller tokenizes.
-
-    Importing matplotlib costs most of a second, as long as tokenizing a whole corpus: on a second
-    core, the two overlap. The worker also draws the piece plot of `example` (the first file, usually the
-    piece drawn) meanwhile, kept in memory. `draw` hands over the data and waits for the files; `close` ends
-    the worker.
-    """
-
-    def __init__(self, example: Path | None = None) -> None:
-        context = multiprocessing.get_context("fork")
-        self.connection, child = context.Pipe()
-        self.process = context.Process(target=_plot_worker, args=(child, example), daemon=True)
-        self.process.start()
-
-    def draw(self, out_dir: Path, counts: Counter, pitch_histogram: np.ndarray, example: Path) -> None:
-        self.connection.send((out_dir, counts, pitch_histogram, example))
-        error = self.connection.recv()
-        if error:
-            raise PianolaError(f"{out_dir}: the corpus plots could not be drawn ({error})")
-
-    def close(self) -> None:
-        if self.process.is_alive():
-            self.connection.send(None)
-        self.process.join()
-
-
-def _plot_worker(connection, example: Path | None) -> None:
-    """Import matplotlib and draw `example`'s piece plot, then the plots of the job received (None: nothing to draw)."""
-    pyplot()
-    try:
-        early = (example, _png(piece_figure(example))) if example is not None else None
-    except Exception:  # noqa: BLE001 - an unreadable first file is skipped by the tokenizer: the job names another
-        early = None
-    job = connection.recv()
-    if job is None:
-        return
-    out_dir, counts, pitch_histogram, chosen = job
-    try:
-        counts_plots(out_dir, counts, pitch_histogram)
-        if early is not None and early[0] == chosen:
-            with atomic_path(out_dir / "pitch_offset.png") as tmp:
-                Path(tmp).write_bytes(early[1])
-        else:
-            save_figure(piece_figure(chosen), out_dir / "pitch_offset.png")
-        connection.send("")
-    except Exception as e:  # reported to the parent, which raises it for the user
-        connection.send(f"{type(e).__name__}: {e}")
+CORPUS_PLOTS = ("token_frequency.png", "pitch_class_frequency.png", "pitch_offset.png")
 
 
 def _png(fig) -> bytes:
     """`fig` as PNG bytes, then closed. Margins are the figure's own (subplots_adjust), not measured from its
-    text with bbox_inches="tight", which costs a second rendering: the corpus plots are on the tokenize
-    command's critical path."""
+    text with bbox_inches="tight", which costs a second rendering."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     pyplot().close(fig)
@@ -98,10 +50,32 @@ def save_figure(fig, path: str | os.PathLike, *, tight: bool = True) -> None:
             Path(tmp).write_bytes(_png(fig))
 
 
-def counts_plots(out_dir: Path, counts: Counter, pitch_histogram: np.ndarray) -> None:
-    """token_frequency.png and pitch_class_frequency.png."""
+def corpus_plots(tokens_dir: str | os.PathLike, midi_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """The paper's corpus figures of a tokenized corpus, in `out_dir`: token_frequency.png (from vocab.json),
+    pitch_class_frequency.png (stats.json) and pitch_offset.png (the first piece of tokens.jsonl, read from its MIDI
+    file in `midi_dir`). Returns the files written."""
+    tokens_dir, out_dir = Path(tokens_dir), Path(out_dir)
+    try:
+        counts = json.loads((tokens_dir / "vocab.json").read_text())
+        pitch_classes = json.loads((tokens_dir / "stats.json").read_text())["pitch_class_counts"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PianolaError(f"{tokens_dir}: no tokenized corpus to draw ({e}); run `pianola tokenize` first") from e
+    first = next((piece for _, piece in iter_pieces(tokens_dir)), None)
+    if first is None:
+        raise PianolaError(f"{tokens_file(tokens_dir)}: holds no piece to draw")
+    example = Path(midi_dir) / first.name
+    if not example.is_file():
+        raise PianolaError(f"{example}: not found; pass --midi, the folder `pianola tokenize` read")
+    counts_plots(out_dir, counts, pitch_classes)
+    save_figure(piece_figure(example), out_dir / "pitch_offset.png", tight=False)
+    return [out_dir / name for name in CORPUS_PLOTS]
+
+
+def counts_plots(out_dir: Path, counts: dict[str, int], pitch_classes: list[int]) -> None:
+    """token_frequency.png (the 40 most frequent of `counts`: token -> occurrences, most frequent first, as
+    vocab.json holds them) and pitch_class_frequency.png (notes per pitch class, C first)."""
     plt = pyplot()
-    top = counts.most_common(40)
+    top = list(counts.items())[:40]
     longest = max((len(t) for t, _ in top), default=1)
     fig, ax = plt.subplots(figsize=(12, 4))
     ax.bar(range(len(top)), [c for _, c in top])
@@ -113,7 +87,7 @@ def counts_plots(out_dir: Path, counts: Counter, pitch_histogram: np.ndarray) ->
     save_figure(fig, out_dir / "token_frequency.png", tight=False)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(PITCH_CLASS_NAMES, [int(pitch_histogram[pc::12].sum()) for pc in range(12)])
+    ax.bar(PITCH_CLASS_NAMES, pitch_classes)
     ax.set_title("Pitch-class frequency")
     ax.set_ylabel("notes")
     fig.subplots_adjust(left=0.15, right=0.97, top=0.92, bottom=0.08)

@@ -79,7 +79,7 @@ def tiny_project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("project")
     for key in range(8):
         make_midi(root / "data" / "raw" / f"piece{key}.mid", motif_notes(key))
-    tokenize_corpus(root / "data" / "raw", root / "data" / "tokens", get_tokenizer("timed"), plots=False)
+    tokenize_corpus(root / "data" / "raw", root / "data" / "tokens", get_tokenizer("timed"))
     build_sequences(root / "data" / "tokens", root / "data" / "sequences", window=TINY_WINDOW, valid_fraction=0.25, seed=0)
     return root
 

@@ -4,6 +4,7 @@ when a worker dies. Real local Dask clusters of 2 worker processes, Prefect on a
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))  # tasks/ and flows/ run from the project root; th
 from flows.corpus import corpus, dask_runner  # noqa: E402
 from pianola.data.corpus import tokenize_corpus  # noqa: E402
 from pianola.data.ingest import MANIFEST, ingest  # noqa: E402
+from pianola.data.sources.base import SourceItem  # noqa: E402
 from pianola.tokenizers import get_tokenizer  # noqa: E402
 from tasks.corpus import shard_map  # noqa: E402
 
@@ -41,7 +43,7 @@ def corpus_folder(folder: Path) -> Path:
 
 def single_process(source: Path, out: Path) -> None:
     ingest(str(source), out / "raw", progress=False)
-    tokenize_corpus(out / "raw", out / "tokens", get_tokenizer("timed"), plots=False)
+    tokenize_corpus(out / "raw", out / "tokens", get_tokenizer("timed"))
 
 
 def same_outputs(a: Path, b: Path) -> None:
@@ -118,9 +120,25 @@ def test_a_worker_killed_mid_shard_loses_nothing(tmp_path: Path, by_value):
                 return lambda work, shards: tasks(functools.partial(kill_worker_once, work, marker), shards)
 
             ingest(str(source), out / "raw", progress=False, map_shards=dying("ingest"), shard_files=4)
-            tokenize_corpus(out / "raw", out / "tokens", get_tokenizer("timed"), plots=False,
+            tokenize_corpus(out / "raw", out / "tokens", get_tokenizer("timed"),
                             map_shards=dying("tokenize"), shard_files=4)
 
     run()
     assert (tmp_path / "killed-ingest").exists() and (tmp_path / "killed-tokenize").exists()  # a worker did die
     same_outputs(tmp_path / "one", out)
+
+
+def test_the_flow_lets_go_of_the_shards_it_is_done_with(tmp_path: Path):
+    """Dask kept its last 1,000 messages to each worker, a whole shard in each, for debugging: every shard of a run
+    stayed in the flow's memory, which grew with the corpus. Now only a few are kept, whatever the corpus."""
+    source = corpus_folder(tmp_path / "source")
+
+    @flow(name="corpus-memory")
+    def run() -> int:
+        with dask_runner(None, 1) as runner:
+            ingest(str(source), tmp_path / "raw", progress=False, map_shards=shard_map(runner, "ingest", 2), shard_files=1)
+            gc.collect()
+            return sum(isinstance(o, SourceItem) for o in gc.get_objects())
+
+    held = run()
+    assert held <= 12, f"{held} inputs of 33 still held after the ingest"  # once: 66 (each checked, then written)

@@ -72,7 +72,7 @@ def test_longer_notes_are_duration_drift_also_from_timed_tokens(tmp_path: Path) 
     for key in range(3):
         make_midi(tmp_path / "reference" / f"piece{key}.mid", varied_rhythm(key))
         make_midi(tmp_path / "slower" / f"piece{key}.mid", varied_rhythm(key, stretch=2))
-    tokenize_corpus(tmp_path / "slower", tmp_path / "tokens", get_tokenizer("timed"), plots=False)
+    tokenize_corpus(tmp_path / "slower", tmp_path / "tokens", get_tokenizer("timed"))
 
     from_midi = measure_drift(tmp_path / "reference", tmp_path / "slower", threshold=THRESHOLD)
     from_tokens = measure_drift(tmp_path / "reference", tmp_path / "tokens", threshold=THRESHOLD)
@@ -98,7 +98,7 @@ def test_a_reference_of_equal_lengths_measures_in_grid_steps(corpus: Path, tmp_p
 @pytest.mark.parametrize("tokenizer", ["timed", "remi", "roll"])
 def test_tokens_read_back_as_their_midi(corpus: Path, tmp_path: Path, tokenizer: str) -> None:
     # Every tokenizer that keeps timing is decoded by itself (roll tokens also hold `note:P`, but no durations).
-    tokenize_corpus(corpus, tmp_path / "tokens", get_tokenizer(tokenizer), plots=False)
+    tokenize_corpus(corpus, tmp_path / "tokens", get_tokenizer(tokenizer))
     report = measure_drift(tmp_path / "tokens" / "tokens.jsonl", corpus, threshold=THRESHOLD)
     assert report.reference.kind == f"{tokenizer} tokens" and report.score == pytest.approx(0.0, abs=1e-9)
 
@@ -106,7 +106,7 @@ def test_tokens_read_back_as_their_midi(corpus: Path, tmp_path: Path, tokenizer:
 def test_paper_tokens_give_pitch_from_notes_and_skip_chords(corpus: Path, tmp_path: Path) -> None:
     chords = [(i * 480 + offset, 480, pitch) for i in range(16) for offset, pitch in ((0, 60), (0, 64), (0, 67), (240, 84))]
     make_midi(tmp_path / "with_chords" / "chords.mid", chords)
-    tokenize_corpus(tmp_path / "with_chords", tmp_path / "tokens", get_tokenizer("paper"), plots=False)
+    tokenize_corpus(tmp_path / "with_chords", tmp_path / "tokens", get_tokenizer("paper"))
     report = measure_drift(corpus, tmp_path / "tokens", threshold=THRESHOLD)
     assert report.current.kind == "paper tokens"
     assert set(report.features) == {"pitch"}

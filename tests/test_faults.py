@@ -633,7 +633,7 @@ def test_a_nested_write_failing_in_a_folder_names_the_folder(tmp_path: Path, mon
 
 
 def tokenize_args(raw: Path, out: Path) -> list[str]:
-    return [str(BIN / "pianola"), "tokenize", "--in", str(raw), "--out", str(out), "--no-plots"]
+    return [str(BIN / "pianola"), "tokenize", "--in", str(raw), "--out", str(out)]
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, expected: str) -> None:

@@ -122,7 +122,7 @@ def mlflow_client(work: Path) -> MlflowClient:
 def test_pipeline_flow_trains_registers_generates_and_leaves_dvc_clean(
     work: Path, project: Path, api: str, pipeline_run: dict
 ) -> None:
-    assert pipeline_run["stages"] == ["ingest", "tokenize", "sequences", "train", "evaluate", "generate"]
+    assert pipeline_run["stages"] == ["ingest", "tokenize", "corpus-plots", "sequences", "train", "evaluate", "generate"]
     assert pipeline_run["candidate"] == "1" and pipeline_run["promoted"] and pipeline_run["pushed_to"] == "local"
     assert pipeline_run["heldout"]["cross_entropy"] > 0
     champion = mlflow_client(work).get_model_version_by_alias("pianola", "champion")

@@ -381,6 +381,43 @@ def test_custom_source_read_failures_become_rejections(tmp_path: Path):
     assert report.source == "memory:test"
 
 
+class CountedSource(MemorySource):
+    """Items that travel to workers, counting how many the ingest has drawn."""
+
+    portable_items = True
+
+    def __init__(self, items: list[SourceItem]):
+        super().__init__(items)
+        self.drawn = 0
+
+    def items(self) -> Iterator[SourceItem]:
+        for item in self._items:
+            self.drawn += 1
+            yield item
+
+
+def test_sharded_ingest_streams_the_source_and_writes_as_it_goes(tmp_path: Path):
+    """With workers, the inputs were once all listed before the first shard went out, and every file to write was
+    held until all were checked: the corpus flow's memory grew with the corpus. Now a shard's files are written
+    before the source is read much further."""
+    good = [make_midi(tmp_path / "src" / f"p{i:02d}.mid", scale_notes(10 + i)).read_bytes() for i in range(20)]
+    source = CountedSource([SourceItem(f"p{i:02d}.mid", f"mem/p{i:02d}.mid", lambda d=data: d) for i, data in enumerate(good)])
+    calls: list[tuple[str, int]] = []  # (the work, items drawn from the source when it ran)
+
+    def map_shards(work, shards):  # one shard ahead at most, as the flow's map runs them
+        for shard in shards:
+            calls.append((getattr(work, "func", work).__name__, source.drawn))
+            yield work(shard)
+
+    report = ingest(source, tmp_path / "out", progress=False, map_shards=map_shards, shard_files=4)
+
+    assert (report.ok, report.written) == (20, 20)
+    assert calls[0] == ("inspect_items", 4)  # one shard drawn, not the whole source
+    first_write = next(drawn for work, drawn in calls if work == "place_items")
+    assert first_write <= 8
+    assert manifest(tmp_path / "out")["ok"] == 20
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

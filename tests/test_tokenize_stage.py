@@ -29,7 +29,7 @@ def midi_folder(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("tokenizer", ["paper", "timed"])
-def test_tokenize_writes_tokens_vocab_stats_and_plots(midi_folder: Path, tmp_path: Path, tokenizer: str) -> None:
+def test_tokenize_writes_tokens_vocab_and_stats(midi_folder: Path, tmp_path: Path, tokenizer: str) -> None:
     out = tmp_path / "tokens"
     result = pianola("tokenize", "--tokenizer", tokenizer, "--in", str(midi_folder), "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -43,21 +43,39 @@ def test_tokenize_writes_tokens_vocab_stats_and_plots(midi_folder: Path, tmp_pat
     assert stats["tokenizer"]["name"] == tokenizer and stats["pieces"] == 2
     assert [s["piece"] for s in stats["skipped"]] == ["broken.mid"] and stats["skipped"][0]["reason"]
     assert sum(stats["pitch_class_counts"]) == 24 + 4
+    assert sorted(p.name for p in out.iterdir()) == ["stats.json", "tokens.jsonl", "vocab.json"]  # no plots, no .tmp
+
+
+def test_corpus_plots_draws_the_tokenized_corpus(midi_folder: Path, tmp_path: Path) -> None:
+    tokens, plots = tmp_path / "tokens", tmp_path / "plots"
+    assert pianola("tokenize", "--in", str(midi_folder), "--out", str(tokens)).returncode == 0
+    result = pianola("corpus-plots", "--in", str(tokens), "--midi", str(midi_folder), "--out", str(plots))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in plots.iterdir()) == sorted(PNGS)  # no .tmp left
     for png in PNGS:
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+        assert (plots / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_corpus_plots_without_the_tokenized_corpus_or_its_midi_fails_clearly(midi_folder: Path, tmp_path: Path) -> None:
+    result = pianola("corpus-plots", "--in", str(tmp_path / "nope"), "--midi", str(midi_folder), "--out", str(tmp_path / "p"))
+    assert result.returncode == 1 and "run `pianola tokenize` first" in result.stderr and "Traceback" not in result.stderr
+    tokens = tmp_path / "tokens"
+    assert pianola("tokenize", "--in", str(midi_folder), "--out", str(tokens)).returncode == 0
+    result = pianola("corpus-plots", "--in", str(tokens), "--midi", str(tmp_path), "--out", str(tmp_path / "p"))
+    assert result.returncode == 1 and "a.mid: not found" in result.stderr
+    assert not (tmp_path / "p").exists()
 
 
 def test_paper_tokens_are_notes_and_chords(midi_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "tokens"
-    assert pianola("tokenize", "--tokenizer", "paper", "--in", str(midi_folder), "--out", str(out), "--no-plots").returncode == 0
+    assert pianola("tokenize", "--tokenizer", "paper", "--in", str(midi_folder), "--out", str(out)).returncode == 0
     pieces = {json.loads(line)["piece"]: json.loads(line)["tokens"] for line in (out / "tokens.jsonl").read_text().splitlines()}
     assert pieces["b.mid"] == ["0.4.7", "D4"]
 
 
 def test_the_default_tokenizer_keeps_rhythm(midi_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "tokens"
-    assert pianola("tokenize", "--in", str(midi_folder), "--out", str(out), "--no-plots").returncode == 0
+    assert pianola("tokenize", "--in", str(midi_folder), "--out", str(out)).returncode == 0
     assert json.loads((out / "stats.json").read_text())["tokenizer"]["name"] == "timed"
 
 
@@ -85,7 +103,7 @@ def test_tokenize_does_not_import_tensorflow_or_music21(midi_folder: Path, tmp_p
     code = (
         "import sys\n"
         "from pianola.cli import app\n"
-        f"try:\n    app(['tokenize', '--in', {str(midi_folder)!r}, '--out', {str(tmp_path / 't')!r}, '--no-plots'])\n"
+        f"try:\n    app(['tokenize', '--in', {str(midi_folder)!r}, '--out', {str(tmp_path / 't')!r}])\n"
         "except SystemExit as e:\n    assert e.code == 0, e.code\n"
         "heavy = sorted(m for m in ('tensorflow', 'keras', 'music21', 'matplotlib') if m in sys.modules)\n"
         "assert not heavy, heavy\n"

@@ -1,7 +1,8 @@
 """The tokenize stage: a folder of MIDI files -> one token sequence per piece, plus corpus statistics.
 
-Writes tokens.jsonl (one `{"piece", "tokens"}` line per file), vocab.json (token counts),
-stats.json and the paper's corpus plots. A file that cannot be read is reported and skipped.
+Writes tokens.jsonl (one `{"piece", "tokens"}` line per file), vocab.json (token counts) and
+stats.json; the paper's corpus plots are drawn from them by `pianola corpus-plots` (pianola.plots), a stage
+of its own. A file that cannot be read is reported and skipped.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pianola.data.shards import (
     PROGRESS_MIN_ITEMS,
     SHARD_FILES,
     ShardMap,
+    map_in_order,
     progress_bar,
     shards_of,
 )
@@ -29,7 +31,6 @@ from pianola.errors import PianolaError
 from pianola.io import atomic_path, atomic_write_json, scratch_folder
 from pianola.midi import load_score, midi_files
 from pianola.midi.notes import score_notes
-from pianola.plots import PlotWorker
 from pianola.tokenizers.base import Tokenizer
 
 TOKENS_FILE = "tokens.jsonl"
@@ -113,7 +114,6 @@ class TokenizedShard:
     counts: Counter  # token -> occurrences
     pitch_histogram: np.ndarray  # (128,) notes per MIDI pitch
     skipped: list[dict]
-    example: str | None  # the first piece tokenized (the path)
 
 
 def piece_line(piece: Piece) -> str:
@@ -134,7 +134,7 @@ def tokenize_files(paths: list[Path], tokenizer_config: dict, parts: Path) -> To
     from pianola.tokenizers import tokenizer_from_config
 
     tokenizer = tokenizer_from_config(tokenizer_config)
-    lines, lengths, skipped, example = [], [], [], None
+    lines, lengths, skipped = [], [], []
     counts: Counter = Counter()
     pitch_histogram = np.zeros(128, dtype=np.int64)
     for path in paths:
@@ -150,14 +150,13 @@ def tokenize_files(paths: list[Path], tokenizer_config: dict, parts: Path) -> To
         lines.append(piece_line(Piece(path.name, tokens, len(score_notes(score)))))
         lengths.append(len(tokens))
         counts.update(tokens)
-        example = example or str(path)
         for track in score.tracks:
             if not track.is_drum:
                 pitch_histogram += np.bincount(track.notes.numpy()["pitch"].astype(np.int64), minlength=128)
     part = parts / f"{paths[0].name}.jsonl"
     with open(part, "w") as f:  # inside the caller's scratch folder, discarded whole if anything is cut short
         f.writelines(lines)
-    return TokenizedShard(part, lengths, counts, pitch_histogram, skipped, example)
+    return TokenizedShard(part, lengths, counts, pitch_histogram, skipped)
 
 
 def tokenize_corpus(
@@ -165,7 +164,6 @@ def tokenize_corpus(
     out_dir: str | os.PathLike,
     tokenizer: Tokenizer,
     *,
-    plots: bool = True,
     map_shards: ShardMap | None = None,
     shard_files: int = SHARD_FILES,
     progress: bool = False,
@@ -178,29 +176,16 @@ def tokenize_corpus(
     """
     out_dir = Path(out_dir)
     files = midi_files(in_dir)
-    plotter = PlotWorker(files[0] if files else None) if plots else None
-    try:
-        return _tokenize_files(in_dir, files, out_dir, tokenizer, plotter, map_shards or map, shard_files, progress)
-    finally:
-        if plotter is not None:
-            plotter.close()
-
-
-def _tokenize_files(
-    in_dir: str | os.PathLike, files: list[Path], out_dir: Path, tokenizer: Tokenizer, plotter: PlotWorker | None,
-    map_shards: ShardMap, shard_files: int, progress: bool,
-) -> TokenizeReport:
-    example: str | None = None  # the first readable piece, drawn as pitch against offset
+    map_shards = map_shards or map
     skipped: list[dict] = []
     lengths: list[int] = []
     counts: Counter = Counter()
     pitch_histogram = np.zeros(128, dtype=np.int64)
-    shards = shards_of(files, shard_files)
     # the shards' files go to a scratch folder beside tokens.jsonl, joined into it in order as they come
     with (scratch_folder(out_dir / TOKENS_FILE) as parts, atomic_path(out_dir / TOKENS_FILE) as tmp, open(tmp, "wb") as f,
           progress_bar(progress and len(files) > PROGRESS_MIN_ITEMS, f"tokenize {in_dir}", len(files)) as advance):
         work = functools.partial(tokenize_files, tokenizer_config=tokenizer.config(), parts=parts)
-        for shard, done in zip(shards, map_shards(work, shards)):
+        for shard, done in map_in_order(map_shards, work, shards_of(files, shard_files)):
             with open(done.part, "rb") as part:
                 shutil.copyfileobj(part, f, COPY_CHUNK)
             done.part.unlink()
@@ -208,7 +193,6 @@ def _tokenize_files(
             counts.update(done.counts)
             pitch_histogram += done.pitch_histogram
             skipped += done.skipped
-            example = example or done.example
             advance(len(shard), f"{len(lengths)} pieces, {len(skipped)} skipped")
         if not lengths:
             reasons = "; ".join(f"{s['piece']}: {s['reason']}" for s in skipped[:3])
@@ -228,6 +212,4 @@ def _tokenize_files(
             "skipped": skipped,
         },
     )
-    if plotter is not None:
-        plotter.draw(out_dir, counts, pitch_histogram, Path(example))
     return TokenizeReport(len(lengths), sum(lengths), skipped)

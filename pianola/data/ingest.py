@@ -24,6 +24,7 @@ from pianola.data.shards import (
     PROGRESS_MIN_ITEMS,
     SHARD_FILES,
     ShardMap,
+    map_in_order,
     progress_bar,
     shards_of,
 )
@@ -110,8 +111,8 @@ def ingest(
     """Validate every item of `source` and write the good ones to `out_dir` with a manifest.
 
     `limit` > 0 stops after that many files are ingested (the manifest then lists the inputs seen so far).
-    With `map_shards`, the items are listed first, then checked and written in shards of `shard_files` through
-    it (only a source whose items travel to other processes can: a folder); the output is the same, byte for byte.
+    With `map_shards`, the items are checked and written in shards of `shard_files` through it (only a source whose
+    items travel to other processes can: a folder); the output is the same, byte for byte.
     """
     src = open_source(source, out_dir=out_dir, max_bytes=max_bytes) if isinstance(source, str) else source
     out_dir = Path(out_dir)
@@ -122,10 +123,8 @@ def ingest(
         raise PianolaError(f"output folder {out_dir} is inside the source folder {src.spec}; choose one outside it")
     if map_shards is not None and not src.portable_items:
         raise PianolaError(f"source {src.spec!r}: its files can only be read by this process; ingest it without workers")
-    items: Iterator[SourceItem] | list[SourceItem] = src.items()
-    if map_shards is not None:
-        items = list(items)
-    estimate = len(items) if isinstance(items, list) else src.estimated_count()
+    items: Iterator[SourceItem] = src.items()
+    estimate = src.estimated_count()
     # With a limit the run ends on the ok count, so that is what the bar counts.
     by_ok = bool(limit) and (estimate is None or limit < estimate)
     total = limit if by_ok else estimate
@@ -176,27 +175,33 @@ def _ingest_here(items, out_dir, max_bytes, limit, admission, advance, by_ok) ->
 
 
 def _ingest_sharded(items, out_dir, max_bytes, limit, admission, advance, by_ok, map_shards, shard_files) -> None:
-    """Shards of items checked through `map_shards`, admitted here in input order, then written through it."""
+    """Shards of items checked through `map_shards`, admitted here in input order, and each shard's new files then
+    written through it. The items stream from the source into the shards in flight: neither every input nor every
+    file to write is ever listed."""
     report = admission.report
-    shards = shards_of(items, shard_files)
-    to_write: list[tuple[SourceItem, Path, str]] = []
-    checked = map_shards(functools.partial(inspect_items, max_bytes=max_bytes), shards)
-    try:
-        for shard, entries in zip(shards, checked):
-            for item, entry in zip(shard, entries):
-                if admission.admit(entry):
-                    to_write.append((item, out_dir / entry["name"], entry["sha256"]))
+
+    def to_write() -> Iterator[list[tuple[SourceItem, Path, str]]]:
+        """Per shard checked, the new files it admitted: (item, target, sha256)."""
+        check = functools.partial(inspect_items, max_bytes=max_bytes)
+        checked = map_in_order(map_shards, check, shards_of(items, shard_files))
+        try:
+            for shard, entries in checked:
+                jobs = []
+                for item, entry in zip(shard, entries):
+                    if admission.admit(entry):
+                        jobs.append((item, out_dir / entry["name"], entry["sha256"]))
+                    if limit and report.ok >= limit:
+                        break
+                advance(sum(e["status"] == "ok" for e in entries) if by_ok else len(entries),
+                        f"{report.ok} ok, {report.rejected} rejected")
+                if jobs:
+                    yield jobs
                 if limit and report.ok >= limit:
-                    break
-            advance(sum(e["status"] == "ok" for e in entries) if by_ok else len(entries),
-                    f"{report.ok} ok, {report.rejected} rejected")
-            if limit and report.ok >= limit:
-                break
-    finally:
-        close = getattr(checked, "close", None)  # a limit reached: the shards still running are cancelled
-        if close:
-            close()
-    report.written = sum(map_shards(place_items, shards_of(to_write, shard_files)))
+                    return
+        finally:
+            checked.close()  # a limit reached: the shards still being checked are cancelled
+
+    report.written = sum(map_shards(place_items, to_write()))
     report.unchanged = report.ok - report.written
 
 
@@ -308,15 +313,16 @@ def _same_bytes(path: Path, data: bytes) -> bool:
 def _remove_stale(out_dir: Path, keep: set[str]) -> list[str]:
     """Delete MIDI files this run did not ingest, and temporary files of interrupted writes."""
     removed = []
-    for path in sorted(out_dir.iterdir()):
-        if path.name in keep or (path.is_dir() and not path.is_symlink()):
-            continue
-        stale_midi = path.name.lower().endswith(MIDI_SUFFIXES)
-        leftover_tmp = path.name.startswith(".") and path.name.endswith(".tmp")  # io.atomic_path's names
-        if stale_midi or leftover_tmp:
-            path.unlink(missing_ok=True)
-            removed.append(path.name)
-    return removed
+    with os.scandir(out_dir) as entries:  # one entry at a time: the folder holds the whole corpus
+        for entry in entries:
+            if entry.name in keep or entry.is_dir(follow_symlinks=False):
+                continue
+            stale_midi = entry.name.lower().endswith(MIDI_SUFFIXES)
+            leftover_tmp = entry.name.startswith(".") and entry.name.endswith(".tmp")  # io.atomic_path's names
+            if stale_midi or leftover_tmp:
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(entry.name)
+    return sorted(removed)
 
 
 def merge_new_pieces(current: str | os.PathLike, source: str | os.PathLike) -> list[Path]:
