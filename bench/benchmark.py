@@ -79,7 +79,8 @@ def main() -> None:
         trained = train_benchmark(data, args.out / name, args.preset, max_minutes=minutes, verbose=0)
         entry = {"preset": args.preset, "budget_minutes": minutes, "train_minutes": round(trained.minutes, 1),
                  "cpu_minutes": round((time.process_time() - started_cpu) / 60, 1), "epochs": len(trained.history),
-                 "model": str(trained.out), "valid": {"dataset": name, **trained.valid.to_json()}}
+                 "model": str(trained.out), "valid": {"dataset": name, **trained.valid.to_json()},
+                 "history": trained.history}
         try:
             entry["test"] = evaluate_benchmark(str(trained.out), str(data), "test")
         except PianolaError as e:  # the shared files hold no test split: it is scored independently

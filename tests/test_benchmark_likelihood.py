@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pianola.benchmark.likelihood import frame_nlls, log_softmax, score, serialise
-from pianola.models.roll import RollLSTMConfig, build_roll_lstm, grammar_table
+from pianola.models.roll import CHANNELS, HISTORY_DECAY, RollLSTMConfig, build_roll_lstm, grammar_table
 
 KEYS = 3
 
@@ -32,13 +32,23 @@ def test_serialise_lists_each_frame_low_to_high_then_end_of_frame() -> None:
     assert s.targets.tolist() == [1, 2, eof, eof, 0, 2, eof]
     assert s.inputs.tolist() == [bos, 1, 2, eof, eof, 0, 2]
     assert s.frames.tolist() == [0, 0, 0, 1, 2, 2, 2]
-    # Each position sees the frame before its target's frame (nothing before the first), then the
-    # target frame's grid position.
-    context = s.context(roll)
-    assert context[:3, :KEYS].sum() == 0
-    assert context[3, :KEYS].tolist() == [0, 1, 1]
-    assert context[4, :KEYS].tolist() == [0, 0, 0]
-    assert np.argmax(context[:, KEYS:], axis=1).tolist() == s.frames.tolist()
+    # Each position sees, per key: the frame before its target's frame and the one before that (nothing
+    # before the first), a decayed history, the keys already written in its frame and the key just written;
+    # then the target frame's grid position.
+    context = s.context()
+    planes = context[:, : KEYS * len(CHANNELS)].reshape(len(context), KEYS, len(CHANNELS))
+    channel = {name: planes[:, :, i] for i, name in enumerate(CHANNELS)}
+    assert channel["previous"].tolist() == [[0, 0, 0]] * 3 + [[0, 1, 1]] + [[0, 0, 0]] * 3
+    assert channel["before_previous"].tolist() == [[0, 0, 0]] * 4 + [[0, 1, 1]] * 3
+    assert channel["so_far"].tolist() == [[0, 0, 0], [0, 1, 0], [0, 1, 1], [0, 0, 0], [0, 0, 0], [1, 0, 0], [1, 0, 1]]
+    assert channel["last"].tolist() == [[0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0], [1, 0, 0], [0, 0, 1]]
+    d = HISTORY_DECAY  # frame 1 remembers frame 0; frame 2 remembers frame 0 a frame further back
+    np.testing.assert_allclose(channel["history"][3], [0, 1 - d, 1 - d], rtol=1e-6)
+    np.testing.assert_allclose(channel["history"][4], [0, (1 - d) * d, (1 - d) * d], rtol=1e-6)
+    assert np.argmax(context[:, KEYS * len(CHANNELS) :], axis=1).tolist() == s.frames.tolist()
+    # A crop's context is the whole piece's, cut: even a crop that starts inside a frame knows its keys so far.
+    for start, stop in [(1, 7), (2, 5), (5, 6), (6, 7)]:
+        np.testing.assert_array_equal(s.context(slice(start, stop)), context[start:stop])
 
 
 def test_grammar_allows_only_higher_keys_or_end_of_frame() -> None:
@@ -73,7 +83,7 @@ def test_whole_piece_stateful_score_matches_a_windowed_reference(tiny_model: ker
         nlls = []
         for f in range(len(roll)):
             s = serialise(roll[: f + 1])
-            logits = tiny_model.predict_on_batch([s.inputs[None], s.context(roll[: f + 1])[None]])[0]
+            logits = tiny_model.predict_on_batch([s.inputs[None], s.context()[None]])[0]
             logp = log_softmax(np.asarray(logits))
             token_nll = -logp[np.arange(len(s.targets)), s.targets]
             nlls.append(token_nll[s.frames == f].sum())

@@ -14,7 +14,7 @@ import scipy.io
 from pianola.benchmark.data import load_rolls
 from pianola.benchmark.likelihood import evaluate_benchmark, score
 from pianola.benchmark.train import PRESETS, RollCrops, train_benchmark
-from pianola.models.roll import build_roll_lstm
+from pianola.models.roll import CHANNELS, FrameGrammar, build_roll_lstm, context_width
 
 
 def chorale_like(rng: np.random.Generator, frames: int) -> np.ndarray:
@@ -46,11 +46,15 @@ def test_crops_are_transposed_consistently_and_stay_on_the_keyboard(dataset: Pat
     crops = RollCrops(pieces, window=32, batch_size=64, steps=1, transpose=6, seed=0)
     (tokens, context), targets, weight = crops[0]
     keys = 88
-    assert tokens.shape == targets.shape == weight.shape == (64, 32) and context.shape == (64, 32, keys + 16)
+    assert tokens.shape == targets.shape == weight.shape == (64, 32) and context.shape == (64, 32, context_width(keys))
     real = weight > 0
     assert (targets[real] <= keys).all() and (tokens[real] <= keys + 1).all()
     # Within a crop, each input is the previous target: the shift moved both the same way.
     assert (tokens[:, 1:][real[:, 1:]] == targets[:, :-1][real[:, 1:]]).all()
+    # ... and the context's per-key channels with them: the "last" channel marks the input key.
+    planes = context[..., : keys * len(CHANNELS)].reshape(64, 32, keys, len(CHANNELS))
+    is_key = real & (tokens < keys)
+    assert is_key.any() and (planes[..., CHANNELS.index("last")].argmax(-1)[is_key] == tokens[is_key]).all()
     lowest = {int(targets[r][(targets[r] < keys) & real[r]].min()) for r in range(64)}
     assert len(lowest) > 3, "crops should come in several transpositions"
 
@@ -99,3 +103,20 @@ def test_mixed_precision_training_saves_a_float32_model_and_the_rate_decays(data
     # Scored in float32, the saved model gives the figure that training kept.
     again = evaluate_benchmark(str(tmp_path / "model"), str(dataset), "valid")
     assert again["nll_per_frame"] == pytest.approx(result.valid.nll_per_frame, abs=1e-4)
+
+
+def test_a_model_of_an_earlier_context_layout_is_refused_by_name(tmp_path: Path) -> None:
+    import keras
+
+    from pianola.benchmark.bundle import load_benchmark_model, save_benchmark_model
+    from pianola.errors import PianolaError
+
+    keys = 88
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
+    context = keras.Input(shape=(None, keys + 16), name="context")  # the layout before per-key channels
+    x = keras.layers.Concatenate()([keras.layers.Embedding(keys + 2, 4)(tokens), context])
+    old = keras.Model([tokens, context], FrameGrammar(keys, name="grammar")(keras.layers.Dense(keys + 1)(x), tokens),
+                      name="roll_lstm")
+    save_benchmark_model(old, {"dataset": "old"}, tmp_path / "old")
+    with pytest.raises(PianolaError, match=r"old/model.keras: made by an earlier pianola .* retrain"):
+        load_benchmark_model(tmp_path / "old")

@@ -49,12 +49,16 @@ def load_benchmark_model(ref: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
         raise PianolaError(f"{meta_path}: damaged ({e})") from e
     import keras
 
-    import pianola.models.roll  # noqa: F401  (registers FrameGrammar for deserialisation)
+    from pianola.models.roll import context_width  # (importing it registers the model's layers)
 
     try:
         model = keras.saving.load_model(folder / MODEL_FILE)
     except (OSError, ValueError) as e:
         raise PianolaError(f"{folder / MODEL_FILE}: cannot load the model ({e})") from e
+    width, expected = model.inputs[1].shape[-1], context_width(model.get_layer("grammar").keys)
+    if width != expected:
+        raise PianolaError(f"{folder / MODEL_FILE}: made by an earlier pianola (its context has {width} features a "
+                           f"position, this version gives {expected}); retrain it with `pianola benchmark train`")
     return model, meta
 
 

@@ -17,12 +17,15 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import scipy.signal
 
 from pianola.benchmark.bundle import load_benchmark_model
 from pianola.benchmark.data import load_rolls, roll_of_frames
 from pianola.errors import PianolaError
 from pianola.models.roll import (
+    CHANNELS,
     GRID,
+    HISTORY_DECAY,
     context_width,
     end_of_frame,
     start_of_piece,
@@ -37,17 +40,37 @@ class Serialised:
     inputs: np.ndarray  # (L,) int32: the start token, then every target but the last
     targets: np.ndarray  # (L,) int32: each frame's keys low to high, then end-of-frame
     frames: np.ndarray  # (L,) int32: the frame each target belongs to
+    roll: np.ndarray  # (frames, keys) bool: the piece
+    history: np.ndarray  # (frames, keys) float32: at frame f, the decayed mean of frames 0 .. f - 1
 
-    def context(self, roll: np.ndarray, positions: slice = slice(None)) -> np.ndarray:
-        """(positions, keys + GRID) float32: at each position, the keys of the frame before the target's
-        frame, then the target frame's grid position (its index modulo GRID, one-hot)."""
-        frames = self.frames[positions]
-        keys = roll.shape[1]
-        context = np.zeros((len(frames), keys + GRID), dtype=np.float32)
-        later = frames > 0
-        context[later, :keys] = roll[frames[later] - 1]
-        context[np.arange(len(frames)), keys + frames % GRID] = 1.0
-        return context
+    def context(self, positions: slice = slice(None)) -> np.ndarray:
+        """(positions, context_width) float32: for each key the channels of `CHANNELS` (key-major), then the
+        grid position of the target's frame (its index modulo GRID, one-hot). Only what precedes the target."""
+        start, stop, _ = positions.indices(len(self.targets))
+        if start >= stop:
+            return np.zeros((0, context_width(self.roll.shape[1])), dtype=np.float32)
+        # The keys written so far in a frame need the frame from its start: work from there.
+        begin = int(np.searchsorted(self.frames, self.frames[start]))
+        frames, inputs, targets = self.frames[begin:stop], self.inputs[begin:stop], self.targets[begin:stop]
+        n, keys = len(frames), self.roll.shape[1]
+        planes = np.zeros((n, keys, len(CHANNELS)), dtype=np.float32)
+        for channel, back in ((CHANNELS.index("previous"), 1), (CHANNELS.index("before_previous"), 2)):
+            there = frames >= back
+            planes[there, :, channel] = self.roll[frames[there] - back]
+        planes[:, :, CHANNELS.index("history")] = self.history[frames]
+        rows = np.flatnonzero(inputs < keys)  # positions whose input is a key: one of the target's own frame
+        planes[rows, inputs[rows], CHANNELS.index("last")] = 1.0
+        # A key written in a frame counts from the position after it (where it is the input) through the
+        # frame's end-of-frame: a running sum of +1 there and -1 after (n: the range stops inside the frame).
+        ends = np.append(np.flatnonzero(targets == end_of_frame(keys)), n)
+        so_far = np.zeros((n + 2, keys), dtype=np.float32)
+        np.add.at(so_far, (rows, inputs[rows]), 1.0)
+        np.add.at(so_far, (ends[np.searchsorted(ends, rows)] + 1, inputs[rows]), -1.0)
+        planes[:, :, CHANNELS.index("so_far")] = np.cumsum(so_far, axis=0)[:n]
+        context = np.zeros((n, context_width(keys)), dtype=np.float32)
+        context[:, : keys * len(CHANNELS)] = planes.reshape(n, -1)
+        context[np.arange(n), keys * len(CHANNELS) + frames % GRID] = 1.0
+        return context[start - begin :]
 
 
 def serialise(roll: np.ndarray) -> Serialised:
@@ -63,7 +86,10 @@ def serialise(roll: np.ndarray) -> Serialised:
     targets[ends] = end_of_frame(keys)
     targets[is_key] = np.nonzero(roll)[1]  # row-major: frame by frame, keys ascending
     inputs = np.concatenate([[start_of_piece(keys)], targets[:-1]]).astype(np.int32)
-    return Serialised(inputs, targets, np.repeat(np.arange(n_frames, dtype=np.int32), counts + 1))
+    # history[f] = (1 - d) * sum over j < f of d**(f - 1 - j) * roll[j]: a first-order filter, shifted a frame.
+    decayed = scipy.signal.lfilter([1 - HISTORY_DECAY], [1, -HISTORY_DECAY], roll.astype(np.float32), axis=0)
+    history = np.vstack([np.zeros((1, keys)), decayed[:-1]]).astype(np.float32)
+    return Serialised(inputs, targets, np.repeat(np.arange(n_frames, dtype=np.int32), counts + 1), roll, history)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -106,7 +132,7 @@ def frame_nlls(model, pieces: list[np.ndarray], *, batch_size: int = 16, chunk: 
         for row, i in enumerate(group):
             n = len(serial[i].targets)
             tokens[row, :n] = serial[i].inputs
-            context[row, :n] = serial[i].context(pieces[i])
+            context[row, :n] = serial[i].context()
             targets[row, :n] = serial[i].targets
         states = [np.zeros((batch_size, size), dtype=np.float32) for size in state_sizes]
         token_nll = np.empty((batch_size, padded), dtype=np.float64)

@@ -27,7 +27,7 @@ from pianola.benchmark.bundle import registered_name, save_benchmark_model
 from pianola.benchmark.data import load_rolls
 from pianola.benchmark.likelihood import FrameScore, RollScorer, score, serialise
 from pianola.errors import PianolaError
-from pianola.models.roll import RollLSTMConfig, build_roll_lstm, context_width
+from pianola.models.roll import CHANNELS, RollLSTMConfig, build_roll_lstm, context_width
 from pianola.training.train import TimeBudget
 
 
@@ -38,7 +38,7 @@ class BenchmarkPreset:
     name: str
     model: RollLSTMConfig
     window: int  # tokens per training crop
-    batch_size: int
+    batch_size: int  # crops per batch at most: a small train split gets fewer (see `batch_for`)
     learning_rate: float
     transpose: int  # each crop moves by a random shift in -transpose..transpose semitones (0: never)
     max_minutes: float  # the wall-clock budget of training (validation included)
@@ -46,6 +46,15 @@ class BenchmarkPreset:
     min_steps: int  # batches per epoch at least (an epoch is otherwise one pass over the train tokens)
     precision: str = "float32"  # the Keras dtype policy of training ("mixed_bfloat16": twice as fast on CPU)
     final_lr: float = 1.0  # the learning rate at the budget's end, as a fraction of `learning_rate` (1: constant)
+    updates_per_pass: int = 1  # the batch halves (to 16 at least) until a pass over the train split is this many batches
+
+    def batch_for(self, train_tokens: int) -> int:
+        """The batch size for a train split of `train_tokens` tokens: a small split is update-bound, not
+        token-bound, so it gets smaller batches and more updates in the same budget."""
+        batch = self.batch_size
+        while batch > 16 and train_tokens / (batch * self.window) < self.updates_per_pass:
+            batch //= 2
+        return batch
 
     def params(self) -> dict[str, Any]:
         flat = {k: v for k, v in dataclasses.asdict(self).items() if k != "model"}
@@ -60,7 +69,7 @@ PRESETS = {
     # Ours: at most 30 minutes of training per dataset on 2 CPU cores.
     "best": BenchmarkPreset("best", RollLSTMConfig(embed_dim=64, units=384, layers=2, dropout=0.3), window=256,
                             batch_size=128, learning_rate=3e-3, transpose=6, max_minutes=28.0, patience=4, min_steps=40,
-                            precision="mixed_bfloat16", final_lr=0.05),
+                            precision="mixed_bfloat16", final_lr=0.05, updates_per_pass=8),
 }
 
 
@@ -80,13 +89,12 @@ class RollCrops(keras.utils.PyDataset):
 
     def __init__(self, pieces: list[np.ndarray], window: int, batch_size: int, steps: int, transpose: int, seed: int):
         super().__init__()
-        self.rolls = [np.asarray(p, dtype=bool) for p in pieces]
-        self.serial = [serialise(p) for p in self.rolls]
-        self.keys = self.rolls[0].shape[1]
+        self.serial = [serialise(p) for p in pieces]
+        self.keys = self.serial[0].roll.shape[1]
         self.window, self.batch_size, self.steps, self.transpose = window, batch_size, steps, transpose
         lengths = np.array([len(s.targets) for s in self.serial], dtype=np.float64)
         self.weights = lengths / lengths.sum()
-        sounding = [np.flatnonzero(r.any(axis=0)) for r in self.rolls]
+        sounding = [np.flatnonzero(s.roll.any(axis=0)) for s in self.serial]
         self.ranges = [(int(s[0]), int(s[-1])) if len(s) else (0, self.keys - 1) for s in sounding]
         self.rng = np.random.default_rng(seed)
 
@@ -100,7 +108,7 @@ class RollCrops(keras.utils.PyDataset):
         targets = np.zeros((b, t), dtype=np.int32)
         weight = np.zeros((b, t), dtype=np.float32)
         for row, piece in enumerate(self.rng.choice(len(self.serial), size=b, p=self.weights)):
-            s, roll = self.serial[piece], self.rolls[piece]
+            s = self.serial[piece]
             start = int(self.rng.integers(0, max(1, len(s.targets) - t + 1)))
             crop = slice(start, start + t)
             n = len(s.targets[crop])
@@ -110,9 +118,10 @@ class RollCrops(keras.utils.PyDataset):
             x[x < keys] += shift
             y[y < keys] += shift
             tokens[row, :n], targets[row, :n], weight[row, :n] = x, y, 1.0
-            ctx = s.context(roll, crop)
-            if shift:  # move the previous frame's keys; the grid position stays
-                ctx[:, :keys] = np.roll(ctx[:, :keys], shift, axis=1)
+            ctx = s.context(crop)
+            if shift:  # move every per-key channel with the keys; the grid position stays
+                planes = ctx[:, : keys * len(CHANNELS)].reshape(n, keys, len(CHANNELS))
+                ctx[:, : keys * len(CHANNELS)] = np.roll(planes, shift, axis=1).reshape(n, -1)
             context[row, :n] = ctx
         return (tokens, context), targets, weight
 
@@ -195,15 +204,16 @@ def train_benchmark(data: str | Path, out: str | Path, preset_name: str = "best"
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=1.0),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     train_tokens = sum(int(p.sum()) + len(p) for p in train_pieces)
-    steps = max(config.min_steps, train_tokens // (config.batch_size * config.window))
-    crops = RollCrops(train_pieces, config.window, config.batch_size, steps, config.transpose, seed)
+    batch = config.batch_for(train_tokens)
+    steps = max(config.min_steps, train_tokens // (batch * config.window))
+    crops = RollCrops(train_pieces, config.window, batch, steps, config.transpose, seed)
     start = time.monotonic()
     history: list[dict] = []
 
     facts = {"dataset": dataset.name, "data": str(data), "preset": config.params(), "seed": seed,
              "augmentation": f"random transposition by -{config.transpose}..{config.transpose} semitones (training only)"
              if config.transpose else "none", "train_pieces": len(train_pieces), "train_frames": int(sum(map(len, train_pieces))),
-             "parameters": model.count_params()}
+             "parameters": model.count_params(), "batch_size": batch}
 
     def fit_and_save(log=None, run_id: str | None = None) -> tuple[ValidScore, float]:
         """Train to the stopping point, keep the best epoch's weights, write the model folder."""
@@ -226,7 +236,8 @@ def train_benchmark(data: str | Path, out: str | Path, preset_name: str = "best"
         with mlflow.start_run(run_name=f"roll-lstm-{config.name}") as active:
             run_id = active.info.run_id
             mlflow.log_params({**config.params(), "dataset": dataset.name, "seed": seed, "augmentation": facts["augmentation"],
-                               "train_pieces": facts["train_pieces"], "parameters": facts["parameters"]})
+                               "train_pieces": facts["train_pieces"], "parameters": facts["parameters"],
+                               "batch_size_used": batch})
             mlflow.set_tags(tracking.environment())
             scorer, minutes = fit_and_save(
                 lambda row: mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]), run_id)

@@ -7,17 +7,24 @@ end-of-frame token (the serialisation of Walder 2016). With `keys` keys (88 for 
     id  keys          end of frame (EOF)
     id  keys + 1      start of piece (BOS): an input only, never predicted
 
-Two things on top of a plain token LSTM:
+On top of a plain token LSTM:
 
 - **The grammar.** After key k, only a higher key or EOF can follow (keys ascend within a frame);
   after EOF or BOS, anything can. The logits of the other tokens are masked before the softmax, so
   each step is a distribution over the continuations that exist, every path ends within keys + 1
   steps, and the probabilities of all frames sum to 1: the NLL is an exact likelihood, not a bound.
-- **The context of the frame being written.** Every position also sees the keys of the frame before
-  it and where that frame falls in the piece's grid (its index modulo 16, one-hot), at the LSTM's
-  input and beside its output: whether a key sounded a frame ago is the best single clue to whether
-  it sounds now (held notes), the grid position tells strong beats from weak ones, and a direct path
-  to the logits lets the model learn both at once instead of through its memory.
+- **The context of the token being written**, given at every position (`context` input, built by
+  `pianola.benchmark.likelihood.Serialised.context`): per key, the channels of `CHANNELS` (the
+  frame before, the frame before that, a decayed history of all earlier frames, the keys already
+  written in this frame, the key just written), then the frame's grid position (its index modulo
+  16, one-hot). Whether a key sounded a frame ago is the best single clue to whether it sounds now
+  (held notes); the grid position tells strong beats from weak ones. The context reaches the LSTM
+  (through a projection) and the head, so the model need not learn to remember any of it.
+- **A relative head** (`RelativeHead`): the same small convolution reads every key's
+  neighbourhood (an octave each way) in those channels, and the LSTM's state weighs its filters
+  into a logit per key. What the convolution learns ("a third above the key just written", "the
+  key held a frame ago") holds in every key, as music does under transposition (the idea of
+  Johnson 2017's tied parallel networks, here at the cost of one convolution).
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from keras import layers, ops
 
 PIANO_KEYS = 88
 GRID = 16  # frame positions told apart: index modulo 16 (two 4/4 bars of eighths, four of quarters)
+# The per-key channels of the context, in their order within a key (feature index key * len(CHANNELS) + channel).
+CHANNELS = ("previous", "before_previous", "history", "so_far", "last")
+HISTORY_DECAY = 0.8  # per frame: the history channel weighs the frame j frames back by (1 - d) * d**(j - 1)
 MASKED = -1e9  # a masked logit: exp(MASKED - max) is exactly 0 in float32
 
 
@@ -42,8 +52,8 @@ def start_of_piece(keys: int) -> int:
 
 
 def context_width(keys: int) -> int:
-    """Features per position of the `context` input: the previous frame's keys, then the grid position."""
-    return keys + GRID
+    """Features per position of the `context` input: `CHANNELS` for each key (key-major), then the grid position."""
+    return keys * len(CHANNELS) + GRID
 
 
 def grammar_table(keys: int) -> np.ndarray:
@@ -71,38 +81,106 @@ class FrameGrammar(layers.Layer):
         return {**super().get_config(), "keys": self.keys}
 
 
+@keras.saving.register_keras_serializable(package="pianola")
+class RelativeHead(layers.Layer):
+    """[context (B, T, C), hidden (B, T, H)] -> logits (B, T, keys + 1), EOF's always 0.
+
+    A convolution over the keys of the context's per-key channels gives `filters` features per key,
+    the same function of a key's neighbourhood wherever the key is; `hidden` weighs them into one
+    logit per key.
+    """
+
+    def __init__(self, keys: int, filters: int, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.keys, self.filters, self.width = keys, filters, width
+        self.conv = layers.Conv2D(filters, (1, width), padding="same", activation="relu", name="conv",
+                                  dtype=self.dtype_policy)
+        self.gate = layers.Dense(filters, name="gate", dtype=self.dtype_policy)
+
+    def build(self, context_shape, hidden_shape):
+        self.conv.build((None, None, self.keys, len(CHANNELS)))
+        self.gate.build(hidden_shape)
+
+    def call(self, context, hidden):
+        shape = ops.shape(context)
+        planes = ops.reshape(context[..., : self.keys * len(CHANNELS)], (shape[0], shape[1], self.keys, len(CHANNELS)))
+        features = self.conv(ops.cast(planes, self.compute_dtype))  # (B, T, K, F)
+        per_key = ops.einsum("btkf,btf->btk", features, self.gate(hidden))  # (B, T, K)
+        return ops.pad(per_key, [[0, 0], [0, 0], [0, 1]])  # nothing for EOF
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "keys": self.keys, "filters": self.filters, "width": self.width}
+
+
 @dataclass(frozen=True)
 class RollLSTMConfig:
-    """Sizes of the `roll-lstm` model."""
+    """Sizes of the `roll-lstm` model (`relative_filters` 0: no relative head)."""
 
     keys: int = PIANO_KEYS
     embed_dim: int = 64
+    context_dim: int = 128
     units: int = 384
     layers: int = 2
     dropout: float = 0.3
+    relative_filters: int = 32
+    relative_width: int = 25
+
+
+def _logits(get, tokens, context, lstm_states=None):
+    """The model's graph from its layers (`get(name)`), with the LSTMs started from `lstm_states`
+    ([h_0, c_0, h_1, c_1, ...]; None: zeros). -> (masked logits, the LSTMs' final states)."""
+    x = get("with_context")([get("embed")(tokens), get("context_in")(context)])
+    states, i = [], 0
+    while True:
+        try:
+            lstm = get(f"lstm_{i}")
+        except ValueError:
+            break
+        x = get(f"dropout_{i}")(x)
+        initial = None if lstm_states is None else lstm_states[2 * i : 2 * i + 2]
+        x, h, c = lstm(x, initial_state=initial)
+        states += [h, c]
+        i += 1
+    hidden = get(f"dropout_{i}")(x)
+    logits = get("logits")(get("head_with_context")([hidden, context]))
+    try:
+        logits = get("with_relative")([logits, get("relative")(context, hidden)])
+    except ValueError:  # built without a relative head
+        pass
+    return get("grammar")(logits, tokens), states
 
 
 def build_roll_lstm(config: RollLSTMConfig, precision: str = "float32") -> keras.Model:
-    """[tokens (B, T), context (B, T, keys + GRID)] -> masked next-token logits (B, T, keys + 1); any T.
+    """[tokens (B, T), context (B, T, context_width)] -> masked next-token logits (B, T, keys + 1); any T.
 
     `precision` is a Keras dtype policy: "mixed_bfloat16" trains about twice as fast on CPUs with
     bfloat16 units (weights stay float32, so they load into a float32 model for exact scoring).
     """
     keys = config.keys
-    layers_dtype = {"dtype": keras.DTypePolicy(precision)}
+    policy = {"dtype": keras.DTypePolicy(precision)}
+    made = [layers.Embedding(keys + 2, config.embed_dim, name="embed", **policy),
+            layers.Dense(config.context_dim, name="context_in", **policy),
+            layers.Concatenate(name="with_context", **policy),
+            layers.Concatenate(name="head_with_context", **policy),
+            layers.Dense(keys + 1, name="logits", **policy),
+            FrameGrammar(keys, name="grammar")]
+    for i in range(config.layers):
+        # return_state is unused by this model; it makes the same layer usable by `stateful_twin`.
+        made.append(layers.LSTM(config.units, return_sequences=True, return_state=True, name=f"lstm_{i}", **policy))
+    made += [layers.Dropout(config.dropout, name=f"dropout_{i}", **policy) for i in range(config.layers + 1)]
+    if config.relative_filters:
+        made += [RelativeHead(keys, config.relative_filters, config.relative_width, name="relative", **policy),
+                 layers.Add(name="with_relative", **policy)]
+    by_name = {layer.name: layer for layer in made}
+
+    def get(name: str):
+        if name not in by_name:
+            raise ValueError(name)
+        return by_name[name]
+
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (B, T)
     context = keras.Input(shape=(None, context_width(keys)), dtype="float32", name="context")  # (B, T, C)
-    x = layers.Embedding(keys + 2, config.embed_dim, name="embed", **layers_dtype)(tokens)  # (B, T, E)
-    x = layers.Concatenate(name="with_context", **layers_dtype)([x, context])  # (B, T, E + C)
-    for i in range(config.layers):
-        x = layers.Dropout(config.dropout, name=f"dropout_{i}", **layers_dtype)(x)
-        # return_state is unused here; it makes the same layer usable by `stateful_twin`.
-        x, _, _ = layers.LSTM(config.units, return_sequences=True, return_state=True, name=f"lstm_{i}",
-                              **layers_dtype)(x)  # (B, T, H)
-    x = layers.Dropout(config.dropout, name=f"dropout_{config.layers}", **layers_dtype)(x)
-    x = layers.Concatenate(name="head_with_context", **layers_dtype)([x, context])  # (B, T, H + C)
-    logits = layers.Dense(keys + 1, name="logits", **layers_dtype)(x)  # (B, T, K + 1)
-    masked = FrameGrammar(keys, name="grammar")(logits, tokens)
+    masked, _ = _logits(get, tokens, context)
     return keras.Model([tokens, context], masked, name="roll_lstm")
 
 
@@ -116,17 +194,12 @@ def stateful_twin(model: keras.Model) -> keras.Model:
     lstms = [layer for layer in model.layers if isinstance(layer, layers.LSTM)]
     if model.name != "roll_lstm" or not lstms:
         raise ValueError(f"stateful_twin needs a model built by build_roll_lstm, got {model.name!r}")
-    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     keys = model.get_layer("grammar").keys
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     context = keras.Input(shape=(None, context_width(keys)), dtype="float32", name="context")
-    x = model.get_layer("with_context")([model.get_layer("embed")(tokens), context])
-    states_in, states_out = [], []
+    states_in = []
     for lstm in lstms:
-        h = keras.Input(shape=(lstm.units,), name=f"{lstm.name}_h")
-        c = keras.Input(shape=(lstm.units,), name=f"{lstm.name}_c")
-        x, h_new, c_new = lstm(x, initial_state=[h, c])
-        states_in += [h, c]
-        states_out += [h_new, c_new]
-    x = model.get_layer("head_with_context")([x, context])
-    logits = model.get_layer("grammar")(model.get_layer("logits")(x), tokens)
+        states_in += [keras.Input(shape=(lstm.units,), name=f"{lstm.name}_h"),
+                      keras.Input(shape=(lstm.units,), name=f"{lstm.name}_c")]
+    logits, states_out = _logits(model.get_layer, tokens, context, states_in)
     return keras.Model([tokens, context, *states_in], [logits, *states_out], name="roll_lstm_stateful")
