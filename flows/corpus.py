@@ -49,9 +49,7 @@ def dask_runner(address: str | None, workers: int):
 
     # in this process (the client, and a local cluster's scheduler), and in the local workers, which get its config
     dask.config.set({"distributed.admin.low-level-log-length": DASK_DEBUG_LOG_LENGTH})
-    # Warnings and errors only, here as in the workers (silence_logs): at INFO, a connection closed while the cluster
-    # shuts down is logged with its traceback, noise in a run that succeeded.
-    logging.getLogger("distributed").setLevel(logging.WARNING)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # here as in the local workers (silence_logs)
     if address:
         return DaskTaskRunner(address=address)
     with get_client(sync_client=True) as client:
@@ -60,6 +58,12 @@ def dask_runner(address: str | None, workers: int):
                                           "host": "127.0.0.1", "dashboard_address": None,
                                           "silence_logs": logging.WARNING,
                                           "env": {"PREFECT_API_URL": api_url.rstrip("/")}})
+
+
+def quiet_shutdown() -> None:
+    """Run in each local worker once its work is done. A worker's shutdown can race the scheduler's (a heartbeat in
+    flight when the scheduler closes), which Dask logs as an error with a traceback although nothing is lost."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 def cluster_size(runner) -> int:
@@ -103,6 +107,8 @@ def corpus(
         tokenized = tokenize_corpus(raw_dir, tokens_dir, tokenizer, map_shards=shard_map(runner, "tokenize", in_flight),
                                     shard_files=shard_files, progress=True)
         tokenize_seconds = time.perf_counter() - started
+        if not address:  # our own workers only: an existing cluster's logging is its owner's
+            runner.client.run(quiet_shutdown)
         print(f"{tokenized.summary()} ({tokenize_seconds:.1f} s)")
     return {"ingested": ingested.ok, "rejected": ingested.rejected, "written": ingested.written,
             "pieces": tokenized.pieces, "tokens": tokenized.tokens, "skipped": len(tokenized.skipped),
