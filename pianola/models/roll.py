@@ -126,27 +126,20 @@ class RollLSTMConfig:
     relative_width: int = 25
 
 
-def _logits(get, tokens, context, lstm_states=None):
+def _logits(get, tokens, context, n_lstms: int, relative: bool, lstm_states=None):
     """The model's graph from its layers (`get(name)`), with the LSTMs started from `lstm_states`
     ([h_0, c_0, h_1, c_1, ...]; None: zeros). -> (masked logits, the LSTMs' final states)."""
     x = get("with_context")([get("embed")(tokens), get("context_in")(context)])
-    states, i = [], 0
-    while True:
-        try:
-            lstm = get(f"lstm_{i}")
-        except ValueError:
-            break
+    states = []
+    for i in range(n_lstms):
         x = get(f"dropout_{i}")(x)
         initial = None if lstm_states is None else lstm_states[2 * i : 2 * i + 2]
-        x, h, c = lstm(x, initial_state=initial)
+        x, h, c = get(f"lstm_{i}")(x, initial_state=initial)
         states += [h, c]
-        i += 1
-    hidden = get(f"dropout_{i}")(x)
+    hidden = get(f"dropout_{n_lstms}")(x)
     logits = get("logits")(get("head_with_context")([hidden, context]))
-    try:
+    if relative:
         logits = get("with_relative")([logits, get("relative")(context, hidden)])
-    except ValueError:  # built without a relative head
-        pass
     return get("grammar")(logits, tokens), states
 
 
@@ -172,15 +165,9 @@ def build_roll_lstm(config: RollLSTMConfig, precision: str = "float32") -> keras
         made += [RelativeHead(keys, config.relative_filters, config.relative_width, name="relative", **policy),
                  layers.Add(name="with_relative", **policy)]
     by_name = {layer.name: layer for layer in made}
-
-    def get(name: str):
-        if name not in by_name:
-            raise ValueError(name)
-        return by_name[name]
-
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (B, T)
     context = keras.Input(shape=(None, context_width(keys)), dtype="float32", name="context")  # (B, T, C)
-    masked, _ = _logits(get, tokens, context)
+    masked, _ = _logits(by_name.__getitem__, tokens, context, config.layers, bool(config.relative_filters))
     return keras.Model([tokens, context], masked, name="roll_lstm")
 
 
@@ -201,5 +188,6 @@ def stateful_twin(model: keras.Model) -> keras.Model:
     for lstm in lstms:
         states_in += [keras.Input(shape=(lstm.units,), name=f"{lstm.name}_h"),
                       keras.Input(shape=(lstm.units,), name=f"{lstm.name}_c")]
-    logits, states_out = _logits(model.get_layer, tokens, context, states_in)
+    relative = any(layer.name == "relative" for layer in model.layers)
+    logits, states_out = _logits(model.get_layer, tokens, context, len(lstms), relative, states_in)
     return keras.Model([tokens, context, *states_in], [logits, *states_out], name="roll_lstm_stateful")
