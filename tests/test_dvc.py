@@ -53,3 +53,11 @@ def test_dvc_repro_runs_the_stages_and_a_second_repro_does_nothing(tmp_path: Pat
     assert "Running stage" not in second.stdout
     status = run(["dvc", "status"], repo, env)
     assert "up to date" in status.stdout
+
+
+def test_dvc_files_and_metrics_are_not_git_ignored() -> None:
+    # DVC refuses to run ("'dvc.lock' is git-ignored") when its lock file, or a metrics file it writes, is ignored by git:
+    # ignoring them to keep a local run's lock out of commits broke `make run`.
+    for path in ("dvc.lock", "metrics/evaluate.json", "metrics/generate.json"):
+        done = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert done.returncode == 1, f"{path} is git-ignored"
