@@ -333,6 +333,7 @@ def spans(client: httpx.Client, flow_run_ids: list[str]) -> tuple[datetime, date
             max(datetime.fromisoformat(t["end_time"]) for t in task_runs))
 
 
+@pytest.mark.slow  # 90 s: two whole flows racing for the workspace; `make test-all` runs it
 def test_a_retrain_started_with_a_pipeline_run_waits_for_it_then_runs(work: Path, project: Path, api: str,
                                                                      pipeline_run: dict) -> None:
     """Last in the module: it registers model versions that the tests above count."""
