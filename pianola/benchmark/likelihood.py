@@ -43,9 +43,10 @@ class Serialised:
     roll: np.ndarray  # (frames, keys) bool: the piece
     history: np.ndarray  # (frames, keys) float32: at frame f, the decayed mean of frames 0 .. f - 1
 
-    def context(self, positions: slice = slice(None)) -> np.ndarray:
+    def context(self, positions: slice = slice(None), shift: int = 0) -> np.ndarray:
         """(positions, context_width) float32: for each key the channels of `CHANNELS` (key-major), then the
-        grid position of the target's frame (its index modulo GRID, one-hot). Only what precedes the target."""
+        grid position of the target's frame (its index modulo GRID, one-hot). Only what precedes the target.
+        `shift` moves every key's channels by that many keys (the piece transposed; the grid position stays)."""
         start, stop, _ = positions.indices(len(self.targets))
         if start >= stop:
             return np.zeros((0, context_width(self.roll.shape[1])), dtype=np.float32)
@@ -68,7 +69,7 @@ class Serialised:
         np.add.at(so_far, (ends[np.searchsorted(ends, rows)] + 1, inputs[rows]), -1.0)
         planes[:, :, CHANNELS.index("so_far")] = np.cumsum(so_far, axis=0)[:n]
         context = np.zeros((n, context_width(keys)), dtype=np.float32)
-        context[:, : keys * len(CHANNELS)] = planes.reshape(n, -1)
+        context[:, : keys * len(CHANNELS)] = (np.roll(planes, shift, axis=1) if shift else planes).reshape(n, -1)
         context[np.arange(n), keys * len(CHANNELS) + frames % GRID] = 1.0
         return context[start - begin :]
 

@@ -27,7 +27,7 @@ from pianola.benchmark.bundle import registered_name, save_benchmark_model
 from pianola.benchmark.data import load_rolls
 from pianola.benchmark.likelihood import FrameScore, RollScorer, score, serialise
 from pianola.errors import PianolaError
-from pianola.models.roll import CHANNELS, RollLSTMConfig, build_roll_lstm, context_width
+from pianola.models.roll import RollLSTMConfig, build_roll_lstm, context_width
 from pianola.training.train import TimeBudget
 
 
@@ -118,11 +118,7 @@ class RollCrops(keras.utils.PyDataset):
             x[x < keys] += shift
             y[y < keys] += shift
             tokens[row, :n], targets[row, :n], weight[row, :n] = x, y, 1.0
-            ctx = s.context(crop)
-            if shift:  # move every per-key channel with the keys; the grid position stays
-                planes = ctx[:, : keys * len(CHANNELS)].reshape(n, keys, len(CHANNELS))
-                ctx[:, : keys * len(CHANNELS)] = np.roll(planes, shift, axis=1).reshape(n, -1)
-            context[row, :n] = ctx
+            context[row, :n] = s.context(crop, shift)
         return (tokens, context), targets, weight
 
 
