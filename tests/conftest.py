@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,21 @@ import symusic
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "piano-midi"
 POLY = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "poly"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_prefects_temporary_server():
+    """Stop the temporary Prefect server that a flow run in this process started, while the tests' output is open.
+
+    Prefect stops it at exit otherwise, and logs that to a stream pytest has closed by then: a 'Logging error'
+    traceback after the summary, in every CI log. The run logs still queued for the server are sent first.
+    """
+    yield
+    server = sys.modules.get("prefect.server.api.server")
+    if server is not None:
+        sys.modules["prefect.logging.handlers"].APILogWorker.drain_all(timeout=5)
+        for instance in list(server.SubprocessASGIServer._instances.values()):
+            instance.stop()
 
 
 def make_midi(

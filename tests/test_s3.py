@@ -7,8 +7,10 @@ from __future__ import annotations
 import filecmp
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -252,9 +254,77 @@ def test_dvc_remote_on_a_bucket_push_then_pull_into_a_fresh_clone(s3_server, s3_
     assert same_tree(repo / "data", clone / "data")
 
 
+def drop(sock: socket.socket) -> None:
+    """Close a socket another thread may be blocked on: close() alone neither wakes that thread nor tells the peer."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class CrashingProxy:
+    """A TCP forwarder to the server's S3 port that, with `crash_at`, kills the server as that PUT request arrives.
+
+    The request that triggers the crash is never passed on, and the forwarder stops listening with the server, so
+    the client meets a dead endpoint part-way through its uploads however fast the machine is. (Watching the bucket
+    from outside and killing the server "soon" raced: on a fast run the whole push had landed before the kill.)
+    """
+
+    def __init__(self, server: SeaweedFS, port: int = 0, crash_at: int | None = None):
+        self.server, self.crash_at, self.puts = server, crash_at, 0
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", port))  # SO_REUSEADDR: a later proxy may take the port
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        for sock in [self.listener, *self.sockets]:
+            drop(sock)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.server.ports["s3.port"]))
+            except OSError:
+                return
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if requests and self._crashes(chunk.count(b"PUT /")):
+                    return
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            drop(source)
+            drop(sink)
+
+    def _crashes(self, puts: int) -> bool:
+        with self.lock:
+            self.puts += puts
+            if self.crash_at is None or self.puts < self.crash_at:
+                return False
+            self.crash_at = None
+        self.server.stop(kill=True)
+        self.close()
+        return True
+
+
 def test_dvc_push_cut_by_a_server_crash_fails_clearly_and_the_retry_loses_nothing(tmp_path) -> None:
     server = SeaweedFS(tmp_path / "seaweedfs")
     server.start()
+    proxy = CrashingProxy(server, crash_at=21)  # the server dies as the 21st upload of 201 (200 files, 1 listing) arrives
     try:
         bucket = server.create_bucket()
         # One try per request: a dead endpoint fails each file at once instead of after minutes of retries.
@@ -262,27 +332,25 @@ def test_dvc_push_cut_by_a_server_crash_fails_clearly_and_the_retry_loses_nothin
         repo = tmp_path / "repo"
         dvc_repo(repo, {f"part{i // 50}/f{i}.bin": os.urandom(4096) for i in range(200)}, env)
         (repo / ".dvc" / "config").write_text(
-            f"[core]\n    remote = s3\n['remote \"s3\"']\n    url = s3://{bucket}/dvcstore\n    endpointurl = {server.endpoint}\n"
+            f"[core]\n    remote = s3\n['remote \"s3\"']\n    url = s3://{bucket}/dvcstore\n    endpointurl = {proxy.endpoint}\n"
         )
 
-        push = subprocess.Popen(["dvc", "push"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 120
-        while len(server.keys(bucket)) < 20:
-            assert push.poll() is None, f"dvc push ended before the crash:\n{push.stdout.read() if push.stdout else ''}"
-            assert time.monotonic() < deadline, "dvc push uploaded too little in 120 s"
-            time.sleep(0.05)
-        server.stop(kill=True)
-        output, _ = push.communicate(timeout=120)
-        assert push.returncode != 0
-        assert "failed to push data to the cloud" in output and f"Could not connect to the endpoint URL: \"{server.endpoint}/{bucket}/dvcstore/" in output
+        push = subprocess.run(["dvc", "push"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+        output = push.stdout + push.stderr
+        assert push.returncode != 0, output
+        assert "failed to push data to the cloud" in output, output
+        assert f"Could not connect to the endpoint URL: \"{proxy.endpoint}/{bucket}/dvcstore/" in output, output
 
         server.start()  # same data folder, same ports
+        assert 0 < len(server.keys(bucket)) < 200  # the crash cut the push part-way (uploads in flight died with it)
+        proxy = CrashingProxy(server, port=proxy.port)  # the endpoint is back, nothing in the way
         assert "pushed" in run(["dvc", "push"], repo, env).stdout
         clone = tmp_path / "clone"
         commit_and_clone(repo, clone, env)
         run(["dvc", "pull"], clone, env)
         assert same_tree(repo / "data", clone / "data")
     finally:
+        proxy.close()
         server.stop()
 
 
