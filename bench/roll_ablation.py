@@ -37,6 +37,10 @@ tf.config.threading.set_inter_op_parallelism_threads(1)
 from pianola.benchmark.train import PRESETS, train_benchmark
 if "model" in overrides:
     overrides["model"] = dataclasses.replace(PRESETS["best"].model, **overrides["model"])
+# One network per variant, on its one core, unless the variant says otherwise (earlier code, run with --code, has
+# no mixtures and no such field).
+if "small_split_members" in PRESETS["best"].params():
+    overrides.setdefault("small_split_members", 1)
 result = train_benchmark(data, out, "best", track=False, max_minutes=minutes, **overrides)
 print(json.dumps({"valid": result.valid.to_json(), "history": result.history}))
 """

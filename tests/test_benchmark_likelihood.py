@@ -9,20 +9,32 @@ import numpy as np
 import pytest
 
 from pianola.benchmark.likelihood import frame_nlls, log_softmax, score, serialise
-from pianola.models.roll import CHANNELS, HISTORY_DECAY, RollLSTMConfig, build_roll_lstm, grammar_table
+from pianola.models.roll import (
+    CHANNELS,
+    HISTORY_DECAY,
+    RollLSTMConfig,
+    build_roll_lstm,
+    grammar_table,
+    mixture_of,
+)
 
 KEYS = 3
 
 
-@pytest.fixture(scope="module")
-def tiny_model() -> keras.Model:
-    keras.utils.set_random_seed(1)
-    model = build_roll_lstm(RollLSTMConfig(keys=KEYS, embed_dim=4, units=8, layers=2, dropout=0.0))
-    # Random weights are too timid to test much: scale the head so the distribution is far from uniform.
-    head = model.get_layer("logits")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 3, np.random.default_rng(1).normal(0, 1, bias.shape)])
+def bold(model: keras.Model, seed: int) -> keras.Model:
+    """Random weights are too timid to test much: scale each head so the distribution is far from uniform."""
+    rng = np.random.default_rng(seed)
+    for head in [layer for layer in model.layers if layer.name.endswith("logits")]:
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel * 3, rng.normal(0, 1, bias.shape)])
     return model
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["one network", "two members"])
+def tiny_model(request) -> keras.Model:
+    keras.utils.set_random_seed(1)
+    return bold(build_roll_lstm(RollLSTMConfig(keys=KEYS, embed_dim=4, units=8, layers=2, dropout=0.0,
+                                               members=request.param)), 1)
 
 
 def test_serialise_lists_each_frame_low_to_high_then_end_of_frame() -> None:
@@ -102,3 +114,20 @@ def test_score_reports_both_conventions(tiny_model: keras.Model) -> None:
     assert result.frames == 9 and result.pieces == 2
     assert result.nll_per_frame == pytest.approx(sum(p.sum() for p in per_piece) / 9, abs=1e-6)
     assert result.nll_per_frame_first_excluded == pytest.approx(sum(p[1:].sum() for p in per_piece) / 7, abs=1e-6)
+
+
+def test_a_mixture_averages_its_members_distributions() -> None:
+    # Two networks trained apart, mixed: the output is the log of the mean of their softmaxes, with each
+    # network's weights in its member.
+    config = RollLSTMConfig(keys=KEYS, embed_dim=4, units=8, layers=1, dropout=0.0)
+    networks = []
+    for seed in (2, 3):
+        keras.utils.set_random_seed(seed)
+        networks.append(bold(build_roll_lstm(config), seed))
+    mixture = mixture_of(config, networks)
+    s = serialise(np.random.default_rng(4).random((6, KEYS)) < 0.5)
+    inputs = [s.inputs[None], s.context()[None]]
+    each = np.stack([np.exp(log_softmax(np.asarray(n.predict_on_batch(inputs))[0])) for n in networks])
+    assert np.abs(each[0] - each[1]).max() > 0.1  # two different networks
+    mixed = np.exp(log_softmax(np.asarray(mixture.predict_on_batch(inputs))[0]))
+    np.testing.assert_allclose(mixed, each.mean(axis=0), atol=1e-6)

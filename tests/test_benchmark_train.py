@@ -90,17 +90,24 @@ def test_cli_evaluate_prints_json_last_and_names_a_missing_split(dataset: Path, 
     assert failed.returncode == 1 and "NoTest.mat" in failed.stderr and "Traceback" not in failed.stderr
 
 
-def test_mixed_precision_training_saves_a_float32_model_and_the_rate_decays(dataset: Path, tmp_path: Path) -> None:
+def test_mixed_precision_training_of_two_members_saves_a_float32_mixture_and_the_rate_decays(
+        dataset: Path, tmp_path: Path) -> None:
+    # A split this small has its batch cut (64 -> 16, to make 100 updates a pass): two networks train side by
+    # side, each in a process of its own, and the model saved is their mixture.
     result = train_benchmark(dataset, tmp_path / "model", "demo", max_minutes=0.4, min_steps=1, track=False,
-                             precision="mixed_bfloat16", final_lr=0.1, patience=100)
-    rates = [row["learning_rate"] for row in result.history]
+                             precision="mixed_bfloat16", final_lr=0.1, patience=100,
+                             batch_size=64, updates_per_pass=100, small_split_members=2)
+    meta = json.loads((tmp_path / "model" / "benchmark.json").read_text())
+    assert meta["members"] == 2 and {row["member"] for row in result.history} == {0, 1}
+    rates = [row["learning_rate"] for row in result.history if row["member"] == 1]
     assert len(rates) > 1 and rates == sorted(rates, reverse=True) and rates[-1] < PRESETS["demo"].learning_rate
     assert rates[-1] >= 0.1 * PRESETS["demo"].learning_rate - 1e-9
     from pianola.benchmark.bundle import load_benchmark_model
 
     model, _ = load_benchmark_model(tmp_path / "model")
     assert {layer.dtype_policy.name for layer in model.layers if layer.weights} == {"float32"}
-    # Scored in float32, the saved model gives the figure that training kept.
+    assert model.get_layer("mixture") in model.layers and len(model.get_layer("mixture").input) == 2
+    # Scored in float32, the saved mixture gives the figure that training kept.
     again = evaluate_benchmark(str(tmp_path / "model"), str(dataset), "valid")
     assert again["nll_per_frame"] == pytest.approx(result.valid.nll_per_frame, abs=1e-4)
 

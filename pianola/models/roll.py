@@ -25,10 +25,16 @@ On top of a plain token LSTM:
   into a logit per key. What the convolution learns ("a third above the key just written", "the
   key held a frame ago") holds in every key, as music does under transposition (the idea of
   Johnson 2017's tied parallel networks, here at the cost of one convolution).
+- **Members** (`members` > 1): that many networks of the same shape, trained independently, whose
+  next-token distributions are averaged (`MemberMixture`). Each member's distribution is normalised
+  over the same allowed tokens, so the average is too: the mixture's frame likelihood is as exact
+  as a single network's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import keras
@@ -124,10 +130,28 @@ class RollLSTMConfig:
     dropout: float = 0.3
     relative_filters: int = 32
     relative_width: int = 25
+    members: int = 1  # networks whose next-token distributions are averaged (each trained on its own)
 
 
-def _logits(get, tokens, context, n_lstms: int, relative: bool, lstm_states=None):
-    """The model's graph from its layers (`get(name)`), with the LSTMs started from `lstm_states`
+@keras.saving.register_keras_serializable(package="pianola")
+class MemberMixture(layers.Layer):
+    """[masked logits of each member (B, T, V)] -> the log of the mean of their softmaxes (B, T, V).
+
+    Log-probabilities, already normalised: a softmax of them gives them back, so scoring treats them as logits.
+    """
+
+    def call(self, logits):
+        each = ops.stack([ops.log_softmax(ops.cast(member, "float32"), axis=-1) for member in logits])
+        return ops.logsumexp(each, axis=0) - math.log(len(logits))
+
+
+def member_prefix(member: int, members: int) -> str:
+    """The prefix of a member's layer names: none for a single network (the names of earlier models)."""
+    return "" if members == 1 else f"m{member}_"
+
+
+def _member_logits(get, tokens, context, n_lstms: int, relative: bool, lstm_states=None):
+    """One member's graph from its layers (`get(name)`), with its LSTMs started from `lstm_states`
     ([h_0, c_0, h_1, c_1, ...]; None: zeros). -> (masked logits, the LSTMs' final states)."""
     x = get("with_context")([get("embed")(tokens), get("context_in")(context)])
     states = []
@@ -143,32 +167,61 @@ def _logits(get, tokens, context, n_lstms: int, relative: bool, lstm_states=None
     return get("grammar")(logits, tokens), states
 
 
+def _logits(get, tokens, context, members: int, n_lstms: int, relative: bool, lstm_states=None):
+    """The whole graph: every member's masked logits, mixed when there are several. -> (output, states)."""
+    outputs, states = [], []
+    for m in range(members):
+        prefix = member_prefix(m, members)
+        own = None if lstm_states is None else lstm_states[2 * n_lstms * m : 2 * n_lstms * (m + 1)]
+        logits, member_states = _member_logits(
+            lambda name, prefix=prefix: get(name if name == "grammar" else prefix + name),  # the grammar is shared
+            tokens, context, n_lstms, relative, own)
+        outputs.append(logits)
+        states += member_states
+    return (get("mixture")(outputs) if members > 1 else outputs[0]), states
+
+
 def build_roll_lstm(config: RollLSTMConfig, precision: str = "float32") -> keras.Model:
     """[tokens (B, T), context (B, T, context_width)] -> masked next-token logits (B, T, keys + 1); any T.
 
-    `precision` is a Keras dtype policy: "mixed_bfloat16" trains about twice as fast on CPUs with
-    bfloat16 units (weights stay float32, so they load into a float32 model for exact scoring).
+    With `members` > 1, the output is the mixture's log-probabilities (see `MemberMixture`; the members are
+    trained one by one as single networks, and their weights copied in: `pianola.benchmark.train`).
+    `precision` is a Keras dtype policy: "mixed_bfloat16" trains about twice as fast on CPUs with bfloat16 units
+    (weights stay float32, so they load into a float32 model for exact scoring).
     """
     keys = config.keys
     policy = {"dtype": keras.DTypePolicy(precision)}
-    made = [layers.Embedding(keys + 2, config.embed_dim, name="embed", **policy),
-            layers.Dense(config.context_dim, name="context_in", **policy),
-            layers.Concatenate(name="with_context", **policy),
-            layers.Concatenate(name="head_with_context", **policy),
-            layers.Dense(keys + 1, name="logits", **policy),
-            FrameGrammar(keys, name="grammar")]
-    for i in range(config.layers):
-        # return_state is unused by this model; it makes the same layer usable by `stateful_twin`.
-        made.append(layers.LSTM(config.units, return_sequences=True, return_state=True, name=f"lstm_{i}", **policy))
-    made += [layers.Dropout(config.dropout, name=f"dropout_{i}", **policy) for i in range(config.layers + 1)]
-    if config.relative_filters:
-        made += [RelativeHead(keys, config.relative_filters, config.relative_width, name="relative", **policy),
-                 layers.Add(name="with_relative", **policy)]
+    made = [FrameGrammar(keys, name="grammar"), MemberMixture(name="mixture")]
+    for m in range(config.members):
+        p = member_prefix(m, config.members)
+        made += [layers.Embedding(keys + 2, config.embed_dim, name=f"{p}embed", **policy),
+                 layers.Dense(config.context_dim, name=f"{p}context_in", **policy),
+                 layers.Concatenate(name=f"{p}with_context", **policy),
+                 layers.Concatenate(name=f"{p}head_with_context", **policy),
+                 layers.Dense(keys + 1, name=f"{p}logits", **policy)]
+        for i in range(config.layers):
+            # return_state is unused by this model; it makes the same layer usable by `stateful_twin`.
+            made.append(layers.LSTM(config.units, return_sequences=True, return_state=True, name=f"{p}lstm_{i}", **policy))
+        made += [layers.Dropout(config.dropout, name=f"{p}dropout_{i}", **policy) for i in range(config.layers + 1)]
+        if config.relative_filters:
+            made += [RelativeHead(keys, config.relative_filters, config.relative_width, name=f"{p}relative", **policy),
+                     layers.Add(name=f"{p}with_relative", **policy)]
     by_name = {layer.name: layer for layer in made}
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (B, T)
     context = keras.Input(shape=(None, context_width(keys)), dtype="float32", name="context")  # (B, T, C)
-    masked, _ = _logits(by_name.__getitem__, tokens, context, config.layers, bool(config.relative_filters))
-    return keras.Model([tokens, context], masked, name="roll_lstm")
+    output, _ = _logits(by_name.__getitem__, tokens, context, config.members, config.layers,
+                        bool(config.relative_filters))
+    return keras.Model([tokens, context], output, name="roll_lstm")
+
+
+def mixture_of(config: RollLSTMConfig, networks: list[keras.Model]) -> keras.Model:
+    """The float32 mixture of `networks` (single networks of `config`'s shape, trained apart), their weights copied in."""
+    mixture = build_roll_lstm(dataclasses.replace(config, members=len(networks)))
+    for m, network in enumerate(networks):
+        for layer in network.layers:
+            if layer.weights:
+                mixture.get_layer(member_prefix(m, len(networks)) + layer.name).set_weights(layer.get_weights())
+    return mixture
 
 
 def stateful_twin(model: keras.Model) -> keras.Model:
@@ -181,6 +234,7 @@ def stateful_twin(model: keras.Model) -> keras.Model:
     lstms = [layer for layer in model.layers if isinstance(layer, layers.LSTM)]
     if model.name != "roll_lstm" or not lstms:
         raise ValueError(f"stateful_twin needs a model built by build_roll_lstm, got {model.name!r}")
+    members = sum(isinstance(layer, layers.Embedding) for layer in model.layers)
     keys = model.get_layer("grammar").keys
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     context = keras.Input(shape=(None, context_width(keys)), dtype="float32", name="context")
@@ -188,6 +242,7 @@ def stateful_twin(model: keras.Model) -> keras.Model:
     for lstm in lstms:
         states_in += [keras.Input(shape=(lstm.units,), name=f"{lstm.name}_h"),
                       keras.Input(shape=(lstm.units,), name=f"{lstm.name}_c")]
-    relative = any(layer.name == "relative" for layer in model.layers)
-    logits, states_out = _logits(model.get_layer, tokens, context, len(lstms), relative, states_in)
+    relative = any(isinstance(layer, RelativeHead) for layer in model.layers)
+    logits, states_out = _logits(model.get_layer, tokens, context, members, len(lstms) // members, relative,
+                                 lstm_states=states_in)
     return keras.Model([tokens, context, *states_in], [logits, *states_out], name="roll_lstm_stateful")
