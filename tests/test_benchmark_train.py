@@ -66,6 +66,7 @@ def test_train_then_evaluate_from_the_registry(dataset: Path, tmp_path: Path, mo
     assert result.dataset == "tiny-set" and result.version == "1"
     meta = json.loads((tmp_path / "model" / "benchmark.json").read_text())
     assert meta["augmentation"].startswith("random transposition") and meta["history"]
+    assert meta["parameters"] == build_roll_lstm(PRESETS["demo"].model).count_params()
     # It learned: far below the same model untrained.
     untrained = score(build_roll_lstm(PRESETS["demo"].model), load_rolls(dataset).split("valid"), "valid")
     assert result.valid.nll_per_frame < 0.6 * untrained.nll_per_frame

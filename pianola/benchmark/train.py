@@ -269,7 +269,7 @@ def train_benchmark(data: str | Path, out: str | Path, preset_name: str = "best"
     facts = {"dataset": dataset.name, "data": str(data), "preset": config.params(), "seed": seed,
              "augmentation": f"random transposition by -{config.transpose}..{config.transpose} semitones (training only)"
              if config.transpose else "none", "train_pieces": len(train_pieces), "train_frames": int(sum(map(len, train_pieces))),
-             "parameters": build_roll_lstm(shape).count_params(), "batch_size": batch, "members": shape.members}
+             "batch_size": batch, "members": shape.members}
 
     def fit_and_save(log=None, run_id: str | None = None) -> tuple[FrameScore, float]:
         """Train to the stopping point, keep the best epoch's weights, write the model folder."""
@@ -284,6 +284,7 @@ def train_benchmark(data: str | Path, out: str | Path, preset_name: str = "best"
                 log({"epoch": row["epoch"], **{f"member_{row['member']}_{k}": v for k, v in row.items() if k not in ("member", "epoch")}})
             best = score(model, valid_pieces, "valid")
         minutes = (time.monotonic() - start) / 60
+        facts["parameters"] = model.count_params()  # of the trained model: building one only to count would draw on the seed
         save_benchmark_model(model, {**facts, "valid": best.to_json(), "history": history,
                                      "train_minutes": round(minutes, 2), "run_id": run_id}, out)
         return best, minutes
@@ -298,11 +299,11 @@ def train_benchmark(data: str | Path, out: str | Path, preset_name: str = "best"
         with mlflow.start_run(run_name=f"roll-lstm-{config.name}") as active:
             run_id = active.info.run_id
             mlflow.log_params({**config.params(), "dataset": dataset.name, "seed": seed, "augmentation": facts["augmentation"],
-                               "train_pieces": facts["train_pieces"], "parameters": facts["parameters"],
-                               "batch_size_used": batch, "members_used": shape.members})
+                               "train_pieces": facts["train_pieces"], "batch_size_used": batch, "members_used": shape.members})
             mlflow.set_tags(tracking.environment())
             best, minutes = fit_and_save(
                 lambda row: mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]), run_id)
+            mlflow.log_param("parameters", facts["parameters"])
             mlflow.log_metrics({"best_valid_nll_per_frame": best.nll_per_frame,
                                 "best_valid_nll_per_frame_first_excluded": best.nll_per_frame_first_excluded,
                                 "train_minutes": minutes})
